@@ -1,0 +1,131 @@
+"""The gateway's link to RabbitMQ: one connection to publish jobs, one for the recorder.
+
+The gateway starts (and answers 503) while the broker is unreachable; a
+background task keeps trying, and aio-pika's robust connection takes over once
+the first connection succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
+from pamqp.commands import Basic
+
+from gateway.config import GatewaySettings
+from stt_daemon.protocol import JSON_CONTENT_TYPE, JobMessage
+from stt_daemon.topology import Topology, declare_topology
+
+log = structlog.get_logger("gateway.broker")
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot take the job right now (down, unreachable or too slow)."""
+
+
+class QueueFull(Exception):
+    """The model's queue is at ``STT_MAX_QUEUED``; the broker refused the job."""
+
+
+class UnroutableJob(Exception):
+    """No queue is bound for the job's model."""
+
+
+OnConnected = Callable[[AbstractRobustConnection], Awaitable[None]]
+
+
+class BrokerLink:
+    """Connects in the background; publishes jobs with confirms and a timeout."""
+
+    def __init__(self, settings: GatewaySettings, role: str = "publish") -> None:
+        self._settings = settings
+        self._role = role
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self.topology: Topology | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._on_connected: list[OnConnected] = []
+
+    def on_connected(self, callback: OnConnected) -> None:
+        """Run callback once the first connection is up (the recorder starts this way)."""
+        self._on_connected.append(callback)
+
+    def start(self) -> None:
+        """Begin connecting in the background."""
+        self._task = asyncio.create_task(self._connect_forever(), name=f"broker-{self._role}")
+
+    @property
+    def ready(self) -> bool:
+        """True while connected and the topology is declared."""
+        conn = self._connection
+        return (
+            conn is not None
+            and self.topology is not None
+            and not conn.is_closed
+            and conn.connected.is_set()
+        )
+
+    async def _connect_forever(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                conn = await aio_pika.connect_robust(
+                    self._settings.amqp_url,
+                    client_properties={"connection_name": f"stt-gateway {self._role}"},
+                    heartbeat=self._settings.heartbeat,
+                )
+                break
+            except (OSError, AMQPError) as exc:
+                log.warning("broker.unreachable", role=self._role, error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self._connection = conn
+        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        self._channel = channel
+        self.topology = await declare_topology(
+            channel, self._settings.names, self._settings.model_names, self._settings.queue_limits
+        )
+        log.info("broker.connected", role=self._role)
+        for callback in self._on_connected:
+            await callback(conn)
+
+    async def publish_job(self, job: JobMessage) -> None:
+        """Publish a job and wait for the broker's confirm; raise a named error otherwise."""
+        if not self.ready or self.topology is None:
+            raise BrokerUnavailable("the message broker is not reachable")
+        message = aio_pika.Message(
+            job.model_dump_json(exclude_none=True).encode(),
+            content_type=JSON_CONTENT_TYPE,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=job.job_id,
+            timestamp=job.submitted_at,
+            type="stt.job",
+        )
+        try:
+            async with asyncio.timeout(self._settings.publish_timeout):
+                await self.topology.jobs_exchange.publish(
+                    message, routing_key=job.options.model, mandatory=True
+                )
+        except PublishError as exc:  # a Basic.Return: subclass of DeliveryError, so first
+            raise UnroutableJob(job.options.model) from exc
+        except DeliveryError as exc:
+            if isinstance(exc.frame, Basic.Nack):
+                # reject-publish overflow: the queue is at STT_MAX_QUEUED.
+                raise QueueFull(job.options.model) from None
+            raise BrokerUnavailable(f"broker refused the job: {exc}") from None
+        except (TimeoutError, AMQPError, ConnectionError, RuntimeError) as exc:
+            raise BrokerUnavailable(f"publish failed: {type(exc).__name__}") from None
+
+    async def close(self) -> None:
+        """Stop connecting and close the connection."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._connection is not None:
+            await self._connection.close()

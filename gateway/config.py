@@ -1,0 +1,16 @@
+"""Settings of ``stt-gateway`` (env prefix ``STT_``, also read from ``.env``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from stt_daemon.config import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    """Gateway settings; ``STT_MODELS`` lists the models it accepts jobs for."""
+
+    #: Seconds suggested to clients in ``Retry-After`` when the queue is full.
+    retry_after: int = Field(default=5, ge=1)
+    #: Events the recorder may hold unacknowledged (status store write batch).
+    recorder_prefetch: int = Field(default=64, ge=1)

@@ -1,0 +1,45 @@
+"""Exception handlers: every error is JSON with a ``detail``; no stack trace reaches a client."""
+
+from __future__ import annotations
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from gateway.broker import BrokerUnavailable, QueueFull, UnroutableJob
+
+log = structlog.get_logger("gateway.errors")
+
+#: The original API's 429 detail, kept byte for byte.
+QUEUE_FULL_DETAIL = "Queue limit reached"
+
+
+def install_error_handlers(app: FastAPI, retry_after: int) -> None:
+    """Map broker outcomes to HTTP statuses."""
+
+    async def queue_full(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"detail": QUEUE_FULL_DETAIL},
+            status_code=429,
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("broker.unavailable", path=request.url.path, error=str(exc))
+        return JSONResponse(
+            {"detail": "the job queue is unavailable; try again shortly"},
+            status_code=503,
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    async def unroutable(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"no queue accepts jobs for model {exc}"}, status_code=503)
+
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request.failed", path=request.url.path)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+    app.add_exception_handler(QueueFull, queue_full)
+    app.add_exception_handler(BrokerUnavailable, unavailable)
+    app.add_exception_handler(UnroutableJob, unroutable)
+    app.add_exception_handler(Exception, internal)

@@ -1,0 +1,100 @@
+"""The original API ("Speech-to-Text API with Whisper"), kept byte-compatible.
+
+``/translate`` -> ``{"task_id"}`` (202), ``/status/{id}`` -> ``{"status"}`` with
+pending/finished/failed, ``/result/{id}`` -> ``{"result": text}``, and the
+``/ws/test`` socket that takes audio bytes and answers a task id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import structlog
+from fastapi import APIRouter, HTTPException, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
+
+from gateway.broker import BrokerUnavailable, QueueFull, UnroutableJob
+from gateway.errors import QUEUE_FULL_DETAIL
+from gateway.services import ServicesDep, get_services
+from gateway.uploads import receive_upload
+from stt_daemon.blobs import BlobTooLarge
+from stt_daemon.protocol import JobStatus
+
+router = APIRouter(tags=["original API"])
+log = structlog.get_logger("gateway.compat")
+
+INVALID_ID = "Invalid task ID"
+#: The original API had no "processing" state visible to clients: pending until done.
+_STATUS = {
+    JobStatus.QUEUED: "pending",
+    JobStatus.PROCESSING: "pending",
+    JobStatus.SUCCEEDED: "finished",
+    JobStatus.FAILED: "failed",
+}
+
+
+@router.post("/translate", status_code=202)
+async def translate(request: Request, services: ServicesDep) -> JSONResponse:
+    """Upload audio as multipart ``file``; answers ``{"task_id": ...}``."""
+    upload = await receive_upload(request, services.blobs, services.settings.max_upload_bytes)
+    options = services.job_options({})
+    assert upload.blob is not None
+    record = await services.submit(
+        upload.blob, options, filename=upload.filename, content_type=upload.content_type
+    )
+    return JSONResponse({"task_id": record.id}, status_code=202)
+
+
+@router.get("/status/{task_id}")
+async def status(task_id: str, services: ServicesDep) -> JSONResponse:
+    """``{"status": "pending" | "finished" | "failed"}``."""
+    record = await services.job_or_404(task_id, INVALID_ID)
+    return JSONResponse({"status": _STATUS[record.status]})
+
+
+@router.get("/result/{task_id}")
+async def result(task_id: str, services: ServicesDep) -> JSONResponse:
+    """``{"result": text}``; a failed job gives ``{"error": reason}``, an early ask a 400."""
+    record = await services.job_or_404(task_id, INVALID_ID)
+    if record.status is JobStatus.SUCCEEDED and record.result is not None:
+        return JSONResponse({"result": record.result.text})
+    if record.status is JobStatus.FAILED:
+        reason = record.error.message if record.error else "unknown reason"
+        return JSONResponse({"error": reason}, status_code=400)
+    raise HTTPException(400, "Task has not finished yet")
+
+
+@router.websocket("/ws/test")
+async def ws_test(websocket: WebSocket) -> None:
+    """Receive one binary message of audio; answer ``{"task_id": ...}`` and close."""
+    services = get_services(websocket)
+    await websocket.accept()
+    try:
+        data = await websocket.receive_bytes()
+    except (WebSocketDisconnect, KeyError, RuntimeError):
+        # KeyError/RuntimeError: a text frame instead of bytes, or an early close.
+        with contextlib.suppress(Exception):
+            await websocket.send_json({"detail": "send the audio as one binary message"})
+            await websocket.close(code=1003)
+        return
+    reply: dict[str, object]
+    close_code = 1000
+    if not data:
+        await websocket.send_json({"detail": "the audio message is empty", "status_code": 422})
+        await websocket.close(code=1003)
+        return
+    try:
+        blob = services.blobs.writer(services.settings.max_upload_bytes)
+        blob.write(data)
+        record = await services.submit(
+            blob, services.job_options({}), filename=None, content_type=None
+        )
+        reply = {"task_id": record.id}
+    except BlobTooLarge:
+        reply, close_code = {"detail": "upload too large", "status_code": 413}, 1009
+    except QueueFull:
+        reply, close_code = {"detail": QUEUE_FULL_DETAIL, "status_code": 429}, 1013
+    except (BrokerUnavailable, UnroutableJob):
+        reply, close_code = {"detail": "the job queue is unavailable", "status_code": 503}, 1013
+    await websocket.send_json(reply)
+    await websocket.close(code=close_code)

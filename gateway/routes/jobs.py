@@ -1,0 +1,91 @@
+"""The resource API: ``/v1/jobs``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from pydantic import BaseModel
+
+from gateway.services import ServicesDep
+from gateway.store import JobRecord
+from gateway.uploads import receive_upload
+from stt_daemon.protocol import ErrorInfo, JobStatus, TranscriptResult
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+class JobView(BaseModel):
+    """A job as clients see it."""
+
+    id: str
+    status: JobStatus
+    model: str | None
+    options: dict[str, Any] | None
+    filename: str | None
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: float
+    attempts: int
+    error: ErrorInfo | None
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobView:
+        """Build the view of a stored record."""
+        return cls(
+            id=record.id,
+            status=record.status,
+            model=record.model,
+            options=record.options,
+            filename=record.filename,
+            created_at=record.created_at,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            progress=record.progress,
+            attempts=record.attempts,
+            error=record.error,
+            links={"self": f"/v1/jobs/{record.id}", "result": f"/v1/jobs/{record.id}/result"},
+        )
+
+
+@router.post("", status_code=202, response_model=JobView)
+async def create_job(request: Request, response: Response, services: ServicesDep) -> JobView:
+    """Upload audio (multipart ``file``; optional ``model``, ``language``, ``task``,
+    ``word_timestamps``). Answers 202 once the broker has confirmed the job."""
+    upload = await receive_upload(request, services.blobs, services.settings.max_upload_bytes)
+    try:
+        options = services.job_options(upload.fields)
+    except HTTPException:
+        upload.discard()
+        raise
+    assert upload.blob is not None
+    record = await services.submit(
+        upload.blob, options, filename=upload.filename, content_type=upload.content_type
+    )
+    response.headers["Location"] = f"/v1/jobs/{record.id}"
+    return JobView.of(record)
+
+
+@router.get("/{job_id}", response_model=JobView)
+async def get_job(job_id: str, services: ServicesDep) -> JobView:
+    """Status, timestamps, progress and error of a job."""
+    return JobView.of(await services.job_or_404(job_id))
+
+
+@router.get("/{job_id}/result", response_model=TranscriptResult)
+async def get_result(job_id: str, services: ServicesDep) -> TranscriptResult:
+    """The transcript: text, language, duration, segments (and words when asked)."""
+    record = await services.job_or_404(job_id)
+    if record.status is JobStatus.FAILED:
+        reason = record.error.message if record.error else "unknown reason"
+        raise HTTPException(409, f"job failed: {reason}")
+    if record.result is None:
+        raise HTTPException(
+            409,
+            f"job is {record.status.value}; the result is not ready yet (progress "
+            f"{record.progress:.0%})",
+        )
+    return record.result

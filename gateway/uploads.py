@@ -1,0 +1,146 @@
+"""Streaming multipart parsing: the file part goes straight to the blob store.
+
+Starlette's form parser spools the whole body before the handler runs, so a
+limit checked afterwards comes too late. Here the limit is enforced while the
+bytes arrive (chunked bodies included): memory and disk stay bounded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import HTTPException, Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from stt_daemon.blobs import BlobStore, BlobTooLarge, BlobWriter
+
+_MAX_FIELD_BYTES = 64 * 1024
+# Room for the multipart framing and the small form fields around the file.
+_FRAMING_SLACK = 256 * 1024
+
+
+class PayloadTooLarge(HTTPException):
+    """413 with the limit in the message."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            413, f"upload exceeds the limit of {limit / 1024 / 1024:g} MB (STT_MAX_UPLOAD_MB)"
+        )
+
+
+@dataclass
+class Upload:
+    """The parsed form: small fields as text, the file as an unfinished blob."""
+
+    fields: dict[str, str] = field(default_factory=dict)
+    blob: BlobWriter | None = None
+    filename: str | None = None
+    content_type: str | None = None
+
+    def discard(self) -> None:
+        """Drop the stored file (the job was not accepted)."""
+        if self.blob is not None:
+            self.blob.abort()
+
+
+class _FormState:
+    """Callbacks of python-multipart's push parser, collecting one form."""
+
+    def __init__(self, blobs: BlobStore, max_bytes: int, file_field: str) -> None:
+        self.upload = Upload()
+        self._blobs = blobs
+        self._max = max_bytes
+        self._file_field = file_field
+        self._headers: dict[bytes, bytes] = {}
+        self._header_name = b""
+        self._header_value = b""
+        self._name: str | None = None
+        self._is_file = False
+        self._buffer = bytearray()
+
+    def callbacks(self) -> dict[str, object]:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_val,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+
+    def _part_begin(self) -> None:
+        self._headers.clear()
+        self._buffer.clear()
+        self._name, self._is_file = None, False
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _header_val(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._header_name.lower()] = self._header_value
+        self._header_name, self._header_value = b"", b""
+
+    def _headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._name = params.get(b"name", b"").decode("utf-8", "replace")
+        filename = params.get(b"filename")
+        if self._name == self._file_field and filename is not None:
+            if self.upload.blob is not None:
+                raise HTTPException(400, f"only one '{self._file_field}' part is allowed")
+            self._is_file = True
+            self.upload.filename = filename.decode("utf-8", "replace")[:255]
+            ctype = self._headers.get(b"content-type")
+            self.upload.content_type = ctype.decode("latin-1") if ctype else None
+            self.upload.blob = self._blobs.writer(self._max)
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._is_file:
+            assert self.upload.blob is not None
+            try:
+                self.upload.blob.write(data[start:end])
+            except BlobTooLarge:
+                raise PayloadTooLarge(self._max) from None
+        else:
+            self._buffer += data[start:end]
+            if len(self._buffer) > _MAX_FIELD_BYTES:
+                raise HTTPException(413, f"form field {self._name!r} is too large")
+
+    def _part_end(self) -> None:
+        if not self._is_file and self._name:
+            self.upload.fields[self._name] = self._buffer.decode("utf-8", "replace")
+
+
+async def receive_upload(
+    request: Request, blobs: BlobStore, max_bytes: int, file_field: str = "file"
+) -> Upload:
+    """Parse a multipart/form-data request, streaming its file part to the blob store."""
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if ctype != b"multipart/form-data" or not boundary:
+        raise HTTPException(415, "send the audio as multipart/form-data with a 'file' part")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes + _FRAMING_SLACK:
+        # Refuse before reading a byte when the client says how much is coming.
+        raise PayloadTooLarge(max_bytes)
+    state = _FormState(blobs, max_bytes, file_field)
+    parser = MultipartParser(boundary, state.callbacks())  # type: ignore[arg-type]
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except HTTPException:
+        state.upload.discard()
+        raise
+    except Exception as exc:
+        state.upload.discard()
+        raise HTTPException(400, f"malformed multipart body: {exc}") from None
+    if state.upload.blob is None:
+        raise HTTPException(422, f"missing file part '{file_field}'")
+    if state.upload.blob.size == 0:
+        state.upload.discard()
+        raise HTTPException(422, "the uploaded file is empty")
+    return state.upload

@@ -1,0 +1,85 @@
+"""``stt-daemon``: settings -> logging -> models -> run under uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+
+from stt_daemon.config import DaemonSettings
+from stt_daemon.engine import Engine, WhisperEngine, threads_per_job
+from stt_daemon.logs import configure_logging
+from stt_daemon.models import ModelNotFound, resolve
+from stt_daemon.worker import Daemon
+
+log = structlog.get_logger("stt_daemon")
+
+
+def load_engines(settings: DaemonSettings) -> dict[str, Engine]:
+    """Load every configured model once, before consuming anything."""
+    engines: dict[str, Engine] = {}
+    threads = threads_per_job(settings.cpu_threads, settings.prefetch)
+    for spec in settings.models:
+        ref = resolve(spec)
+        engines[ref.name] = WhisperEngine(
+            ref,
+            workers=settings.prefetch,
+            cpu_threads=threads,
+            device=settings.device,
+            compute_type=settings.compute_type,
+            beam_size=settings.beam_size,
+        )
+        log.info("model.loaded", model=ref.name, path=str(ref.path), cpu_threads=threads)
+    return engines
+
+
+async def serve(settings: DaemonSettings) -> None:
+    """Run the daemon until SIGTERM or SIGINT."""
+    engines = await asyncio.to_thread(load_engines, settings)
+    daemon = Daemon(settings, engines)
+    loop = asyncio.get_running_loop()
+    signals = {"count": 0}
+
+    def on_signal(signum: int) -> None:
+        # First signal: graceful stop. Second: the operator insists, exit now
+        # (in-flight jobs are redelivered by the broker; nothing is lost).
+        signals["count"] += 1
+        if signals["count"] > 1:
+            log.warning("daemon.forced_exit", signal=signal.Signals(signum).name)
+            os._exit(1)
+        log.info("daemon.signal", signal=signal.Signals(signum).name)
+        daemon.request_stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await daemon.run()
+
+
+def main() -> None:
+    """Console script entry point."""
+    settings = DaemonSettings()
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        run_forever(serve(settings))
+    except ModelNotFound as exc:
+        log.error("daemon.model_not_found", error=str(exc))
+        sys.exit(2)
+
+
+def run_forever(main_coro: Coroutine[Any, Any, None]) -> None:
+    """Run under uvloop where it is installed (not on Windows)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main_coro)
+    else:
+        uvloop.run(main_coro)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Settings (pydantic-settings, env prefix ``STT_``, also read from ``.env``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from stt_daemon.topology import Names, QueueLimits, check_model_name
+
+
+def model_name(spec: str) -> str:
+    """The public name of a model spec: ``tiny.en``, ``name=/dir`` or ``/dir``."""
+    if "=" in spec:
+        return spec.split("=", 1)[0].strip()
+    if "/" in spec:
+        return Path(spec).name
+    return spec
+
+
+class CommonSettings(BaseSettings):
+    """Settings shared by the gateway and the daemons."""
+
+    model_config = SettingsConfigDict(env_prefix="STT_", env_file=".env", extra="ignore")
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    #: Default home of the SQLite status store and the blob directory.
+    data_dir: Path = Path("stt-data")
+    status_url: str | None = None
+    blob_url: str | None = None
+    models: Annotated[list[str], NoDecode] = ["tiny.en"]
+    max_queued: int = Field(default=1000, ge=1)
+    max_upload_mb: float = Field(default=100.0, gt=0)
+    max_audio_seconds: float = Field(default=3 * 3600.0, gt=0)
+    #: Prefix of every exchange and queue name (``stt`` gives ``stt.jobs``, ``stt.results``...).
+    namespace: str = "stt"
+    delivery_limit: int = Field(default=10, ge=2)
+    heartbeat: int = Field(default=30, ge=0)
+    publish_timeout: float = Field(default=10.0, gt=0)
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one model is required")
+        for spec in value:
+            check_model_name(model_name(spec))
+        return value
+
+    @property
+    def model_names(self) -> list[str]:
+        """Public names of the configured models."""
+        return [model_name(spec) for spec in self.models]
+
+    @property
+    def names(self) -> Names:
+        """Broker names for this deployment."""
+        return Names(self.namespace)
+
+    @property
+    def queue_limits(self) -> QueueLimits:
+        """Arguments of the job queues."""
+        return QueueLimits(max_queued=self.max_queued, delivery_limit=self.delivery_limit)
+
+    @property
+    def resolved_status_url(self) -> str:
+        """``STT_STATUS_URL``, or SQLite under the data directory."""
+        return self.status_url or f"sqlite:///{self.data_dir.resolve() / 'status.db'}"
+
+    @property
+    def resolved_blob_url(self) -> str:
+        """``STT_BLOB_URL``, or a directory under the data directory."""
+        return self.blob_url or (self.data_dir.resolve() / "blobs").as_uri()
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """Upload limit in bytes."""
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def default_worker_name() -> str:
+    """A name that tells operators which host and process did the work."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class DaemonSettings(CommonSettings):
+    """Settings of ``stt-daemon``."""
+
+    #: Jobs in flight per model queue; each really runs (nothing waits in a buffer).
+    prefetch: int = Field(default=3, ge=1)
+    #: Deliveries of one job (crashes and retries included) before it is failed.
+    max_attempts: int = Field(default=5, ge=1)
+    #: Seconds to let running jobs finish after SIGTERM before handing them back.
+    shutdown_timeout: float = Field(default=60.0, ge=0)
+    #: Base of the exponential backoff (with jitter) before a transient retry.
+    retry_backoff: float = Field(default=1.0, ge=0)
+    #: CTranslate2 threads per transcription; 0 = cores divided by prefetch.
+    cpu_threads: int = Field(default=0, ge=0)
+    device: str = "cpu"
+    compute_type: str = "int8"
+    beam_size: int = Field(default=5, ge=1)
+    #: Minimum seconds between two ``job.progress`` events of one job.
+    progress_interval: float = Field(default=1.0, ge=0)
+    worker_name: str = Field(default_factory=default_worker_name)

@@ -1,0 +1,115 @@
+"""The speech engine: loads a Whisper model once and transcribes decoded audio.
+
+``transcribe`` is blocking and is meant to run in a worker thread: faster-whisper
+does its work while its lazy ``segments`` generator is iterated, so the whole
+iteration happens here, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from stt_daemon.audio import SAMPLE_RATE, Audio
+from stt_daemon.models import ModelRef
+from stt_daemon.protocol import JobOptions, Segment, TranscriptResult, Word
+
+ProgressCallback = Callable[[float], None]
+
+
+class JobCancelled(Exception):
+    """The job was cancelled while running (shutdown deadline passed)."""
+
+
+class Engine(Protocol):
+    """What the handler needs from a speech engine (tests substitute a fake)."""
+
+    name: str
+
+    def transcribe(
+        self,
+        audio: Audio,
+        options: JobOptions,
+        on_progress: ProgressCallback,
+        cancelled: threading.Event,
+    ) -> TranscriptResult:
+        """Transcribe 16 kHz mono audio; blocking."""
+        ...
+
+
+def threads_per_job(requested: int, jobs_in_flight: int) -> int:
+    """Split the machine's cores between the jobs that run at once."""
+    if requested > 0:
+        return requested
+    return max(1, (os.cpu_count() or 1) // jobs_in_flight)
+
+
+class WhisperEngine:
+    """faster-whisper (CTranslate2) with one model instance shared by N worker threads."""
+
+    def __init__(
+        self,
+        model: ModelRef,
+        *,
+        workers: int,
+        cpu_threads: int,
+        device: str = "cpu",
+        compute_type: str = "int8",
+        beam_size: int = 5,
+    ) -> None:
+        # Imported here so that importing this module stays cheap for tools and tests.
+        from faster_whisper import WhisperModel
+
+        self.name = model.name
+        self._beam_size = beam_size
+        # num_workers lets that many transcribe() calls run in parallel threads.
+        self._model = WhisperModel(
+            str(model.path),
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=cpu_threads,
+            num_workers=workers,
+        )
+
+    def transcribe(
+        self,
+        audio: Audio,
+        options: JobOptions,
+        on_progress: ProgressCallback,
+        cancelled: threading.Event,
+    ) -> TranscriptResult:
+        """Transcribe, reporting progress per segment and stopping early when cancelled."""
+        segments_iter, info = self._model.transcribe(
+            audio,
+            language=options.language,
+            task=options.task.value,
+            word_timestamps=options.word_timestamps,
+            beam_size=self._beam_size,
+        )
+        duration = audio.shape[0] / SAMPLE_RATE
+        segments: list[Segment] = []
+        for seg in segments_iter:
+            if cancelled.is_set():
+                raise JobCancelled("cancelled while transcribing")
+            words = None
+            if options.word_timestamps and seg.words is not None:
+                words = [
+                    Word(start=w.start, end=w.end, word=w.word, probability=w.probability)
+                    for w in seg.words
+                ]
+            segments.append(
+                Segment(id=len(segments), start=seg.start, end=seg.end, text=seg.text, words=words)
+            )
+            if duration > 0:
+                on_progress(min(seg.end / duration, 1.0))
+        return TranscriptResult(
+            text="".join(s.text for s in segments).strip(),
+            language=info.language,
+            language_probability=info.language_probability,
+            duration=duration,
+            model=self.name,
+            task=options.task,
+            segments=segments,
+        )

@@ -1,0 +1,316 @@
+"""One job message: fetch audio -> transcribe -> publish the result -> ack, retry or dead-letter.
+
+Acknowledgement is explicit and late: a job is acked only after its final event
+is confirmed by the broker. Permanent failures (bad message, bad audio) are
+reported and dead-lettered at once; transient ones are handed back after a
+backoff, until the job has been delivered ``max_attempts`` times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from stt_daemon.audio import Audio, AudioError, decode
+from stt_daemon.blobs import BlobError, BlobStore
+from stt_daemon.config import DaemonSettings
+from stt_daemon.engine import Engine, JobCancelled
+from stt_daemon.events import EventPublisher
+from stt_daemon.protocol import (
+    DecodeError,
+    ErrorCode,
+    ErrorInfo,
+    EventType,
+    InboundJob,
+    JobEvent,
+    TranscriptResult,
+    decode_job,
+    utcnow,
+)
+
+log = structlog.get_logger("stt_daemon.handler")
+
+
+class PermanentError(Exception):
+    """Retrying will not help: report the job failed and dead-letter it."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Timings:
+    """Where one job's time went, for its canonical log line."""
+
+    started: float = field(default_factory=time.monotonic)
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, name: str, since: float) -> float:
+        """Record the seconds elapsed since ``since``; return now."""
+        now = time.monotonic()
+        self.marks[name] = round(now - since, 3)
+        return now
+
+
+def delivery_count(message: AbstractIncomingMessage) -> int:
+    """How many times the broker delivered this message before (quorum queues count it)."""
+    value = (message.headers or {}).get("x-delivery-count", 0)
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0
+
+
+def backoff(attempt: int, base: float, cap: float = 60.0) -> float:
+    """Exponential backoff with full jitter (spreads retries of many jobs apart)."""
+    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+
+
+class JobHandler:
+    """Runs jobs for the daemon; one instance serves every model it has loaded."""
+
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        engines: Mapping[str, Engine],
+        blobs: BlobStore,
+        events: EventPublisher,
+    ) -> None:
+        self._settings = settings
+        self._engines = engines
+        self._blobs = blobs
+        self._events = events
+        self.counts: dict[str, int] = {"succeeded": 0, "failed": 0, "retried": 0, "handed_back": 0}
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        """Process one delivery to the end: exactly one of ack, reject or requeue."""
+        attempt = delivery_count(message) + 1
+        structlog.contextvars.bind_contextvars(job_id=message.message_id, attempt=attempt)
+        try:
+            await self._handle(message, attempt)
+        finally:
+            structlog.contextvars.unbind_contextvars("job_id", "attempt")
+
+    async def _handle(self, message: AbstractIncomingMessage, attempt: int) -> None:
+        try:
+            job = decode_job(
+                message.body,
+                content_type=message.content_type,
+                message_id=message.message_id,
+                headers=message.headers,
+            )
+        except DecodeError as exc:
+            job_id = message.message_id or "unknown"
+            await self._fail_undecodable(message, job_id, str(exc))
+            return
+        structlog.contextvars.bind_contextvars(job_id=job.job_id)
+        if attempt > self._settings.max_attempts:
+            await self._fail(
+                message,
+                job,
+                attempt,
+                ErrorInfo(
+                    code=ErrorCode.TOO_MANY_ATTEMPTS,
+                    message=f"job was delivered {attempt} times without finishing "
+                    "(each attempt crashed, was interrupted or hit a transient error)",
+                ),
+            )
+            return
+        await self._run(message, job, attempt)
+
+    async def _run(self, message: AbstractIncomingMessage, job: InboundJob, attempt: int) -> None:
+        timings = Timings()
+        cancelled = threading.Event()
+        try:
+            await self._emit(job, EventType.STARTED, attempt)
+            result = await self._transcribe(job, attempt, timings, cancelled)
+            final = self._event(job, EventType.SUCCEEDED, attempt, result=result)
+            await self._finish(message, job, final, ack=True)
+            self.counts["succeeded"] += 1
+            self._log_done(job, "succeeded", attempt, timings, result)
+        except PermanentError as exc:
+            await self._fail(message, job, attempt, ErrorInfo(code=exc.code, message=str(exc)))
+        except asyncio.CancelledError:
+            # Shutdown deadline: stop the worker thread and hand the job back intact.
+            cancelled.set()
+            await asyncio.shield(self._requeue(message))
+            self.counts["handed_back"] += 1
+            log.warning("job.handed_back", reason="shutdown deadline")
+            raise
+        except Exception as exc:  # transient: anything we did not classify as permanent
+            await self._retry(message, job, attempt, exc)
+
+    async def _transcribe(
+        self, job: InboundJob, attempt: int, timings: Timings, cancelled: threading.Event
+    ) -> TranscriptResult:
+        options = job.message.options
+        engine = self._engines.get(options.model)
+        if engine is None:
+            raise PermanentError(
+                ErrorCode.UNKNOWN_MODEL,
+                f"model {options.model!r} is not served here (serves {', '.join(self._engines)})",
+            )
+        mark = timings.started
+        audio = await asyncio.to_thread(self._load_audio, job)
+        mark = timings.mark("decode_s", mark)
+        timings.marks["audio_s"] = round(audio.shape[0] / 16000, 3)
+        progress = self._progress_reporter(job, attempt)
+        try:
+            result = await asyncio.to_thread(engine.transcribe, audio, options, progress, cancelled)
+        except JobCancelled:
+            raise asyncio.CancelledError from None
+        timings.mark("transcribe_s", mark)
+        return result
+
+    def _load_audio(self, job: InboundJob) -> Audio:
+        """Fetch, verify and decode (blocking; runs in a thread)."""
+        limit = self._settings.max_audio_seconds
+        try:
+            if job.inline_audio is not None:
+                return decode(io.BytesIO(job.inline_audio), limit)
+            assert job.message.audio is not None  # decode_job guarantees one or the other
+            return decode(self._blobs.verified_path(job.message.audio), limit)
+        except AudioError as exc:
+            raise PermanentError(exc.code, str(exc)) from None
+        except BlobError as exc:
+            raise PermanentError(exc.code, str(exc)) from None
+
+    def _progress_reporter(self, job: InboundJob, attempt: int) -> Callable[[float], None]:
+        """A thread-safe callback that publishes throttled ``job.progress`` events."""
+        loop = asyncio.get_running_loop()
+        interval = self._settings.progress_interval
+        last = [0.0]
+
+        def report(fraction: float) -> None:
+            now = time.monotonic()
+            if now - last[0] < interval or fraction >= 1.0:
+                return
+            last[0] = now
+            event = self._event(job, EventType.PROGRESS, attempt, progress=round(fraction, 4))
+            loop.call_soon_threadsafe(lambda: loop.create_task(self._publish_quietly(event)))
+
+        return report
+
+    async def _publish_quietly(self, event: JobEvent) -> None:
+        # Progress is advisory: losing one must never fail the job.
+        try:
+            await self._events.publish(event)
+        except Exception as exc:
+            log.debug("progress.not_published", error=str(exc))
+
+    def _event(self, job: InboundJob, kind: EventType, attempt: int, **fields: Any) -> JobEvent:
+        return JobEvent(
+            event=kind,
+            job_id=job.job_id,
+            model=job.message.options.model,
+            attempt=attempt,
+            worker=self._settings.worker_name,
+            **fields,
+        )
+
+    async def _emit(self, job: InboundJob, kind: EventType, attempt: int) -> None:
+        await self._events.publish(self._event(job, kind, attempt))
+
+    async def _finish(
+        self, message: AbstractIncomingMessage, job: InboundJob, final: JobEvent, *, ack: bool
+    ) -> None:
+        """Publish the final event (and RPC reply), then ack or dead-letter, then drop the blob."""
+        await self._events.publish(final)
+        if message.reply_to:
+            try:
+                await self._events.reply(final, message.reply_to, message.correlation_id)
+            except Exception as exc:
+                log.warning("reply.not_sent", reply_to=message.reply_to, error=str(exc))
+        if ack:
+            await message.ack()
+        else:
+            await message.reject(requeue=False)  # -> dead-letter exchange
+        if job.message.audio is not None:
+            self._blobs.delete(job.message.audio.url)
+
+    async def _fail(
+        self, message: AbstractIncomingMessage, job: InboundJob, attempt: int, error: ErrorInfo
+    ) -> None:
+        final = self._event(job, EventType.FAILED, attempt, error=error)
+        await self._finish(message, job, final, ack=False)
+        self.counts["failed"] += 1
+        log.warning(
+            "job.done",
+            status="failed",
+            model=job.message.options.model,
+            attempt=attempt,
+            error_code=error.code.value,
+            error=error.message,
+        )
+
+    async def _fail_undecodable(
+        self, message: AbstractIncomingMessage, job_id: str, reason: str
+    ) -> None:
+        event = JobEvent(
+            event=EventType.FAILED,
+            job_id=job_id,
+            worker=self._settings.worker_name,
+            error=ErrorInfo(code=ErrorCode.BAD_MESSAGE, message=reason),
+        )
+        await self._events.publish(event)
+        if message.reply_to:
+            await self._events.reply(event, message.reply_to, message.correlation_id)
+        await message.reject(requeue=False)
+        self.counts["failed"] += 1
+        log.warning("job.done", status="failed", error_code="bad_message", error=reason)
+
+    async def _retry(
+        self, message: AbstractIncomingMessage, job: InboundJob, attempt: int, exc: Exception
+    ) -> None:
+        if attempt >= self._settings.max_attempts:
+            info = ErrorInfo(
+                code=ErrorCode.INTERNAL,
+                message=f"gave up after {attempt} attempts; last error: "
+                f"{type(exc).__name__}: {exc}",
+            )
+            await self._fail(message, job, attempt, info)
+            return
+        delay = backoff(attempt, self._settings.retry_backoff)
+        log.warning("job.retry", error=f"{type(exc).__name__}: {exc}", delay_s=round(delay, 2))
+        await asyncio.sleep(delay)
+        await self._requeue(message)
+        self.counts["retried"] += 1
+
+    async def _requeue(self, message: AbstractIncomingMessage) -> None:
+        # If the channel is gone the broker requeues by itself: nothing is lost.
+        try:
+            await message.nack(requeue=True)
+        except Exception as exc:
+            log.info("requeue.skipped", error=str(exc))
+
+    def _log_done(
+        self,
+        job: InboundJob,
+        status: str,
+        attempt: int,
+        timings: Timings,
+        result: TranscriptResult,
+    ) -> None:
+        total = time.monotonic() - timings.started
+        audio_s = timings.marks.get("audio_s", 0.0)
+        log.info(
+            "job.done",
+            status=status,
+            model=job.message.options.model,
+            attempt=attempt,
+            language=result.language,
+            total_s=round(total, 3),
+            rtf=round(timings.marks.get("transcribe_s", 0.0) / audio_s, 4) if audio_s else None,
+            queue_wait_s=round((utcnow() - job.message.submitted_at).total_seconds() - total, 3),
+            **timings.marks,
+        )

@@ -1,0 +1,282 @@
+"""The wire contract: job messages, result events and their JSON encoding.
+
+The daemon owns the protocol it consumes; the gateway and outside producers
+import it. This module imports nothing else of ours and never faster-whisper.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION: Literal[1] = 1
+JSON_CONTENT_TYPE = "application/json"
+
+#: Headers an AMQP-only producer may set on a raw ``audio/*`` message body.
+INLINE_OPTION_HEADERS = ("model", "language", "task", "word_timestamps")
+
+
+class JobStatus(StrEnum):
+    """Where a job is; it only ever moves forward."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def rank(self) -> int:
+        """Order used to refuse regressions (both final states share the top rank)."""
+        return _RANK[self]
+
+    @property
+    def is_final(self) -> bool:
+        """True for succeeded and failed."""
+        return self.rank == 2
+
+
+_RANK = {
+    JobStatus.QUEUED: 0,
+    JobStatus.PROCESSING: 1,
+    JobStatus.SUCCEEDED: 2,
+    JobStatus.FAILED: 2,
+}
+
+
+class Task(StrEnum):
+    """What Whisper does with the speech."""
+
+    TRANSCRIBE = "transcribe"
+    TRANSLATE = "translate"
+
+
+class EventType(StrEnum):
+    """Event names; each is also the routing key on the results exchange."""
+
+    STARTED = "job.started"
+    PROGRESS = "job.progress"
+    SUCCEEDED = "job.succeeded"
+    FAILED = "job.failed"
+
+    @property
+    def status(self) -> JobStatus:
+        """The job status this event reports."""
+        return {
+            EventType.STARTED: JobStatus.PROCESSING,
+            EventType.PROGRESS: JobStatus.PROCESSING,
+            EventType.SUCCEEDED: JobStatus.SUCCEEDED,
+            EventType.FAILED: JobStatus.FAILED,
+        }[self]
+
+
+class ErrorCode(StrEnum):
+    """Machine-readable failure reasons; each event also carries a sentence for people."""
+
+    BAD_MESSAGE = "bad_message"
+    BAD_AUDIO = "bad_audio"
+    AUDIO_TOO_LONG = "audio_too_long"
+    BLOB_MISSING = "blob_missing"
+    CHECKSUM_MISMATCH = "checksum_mismatch"
+    UNKNOWN_MODEL = "unknown_model"
+    TOO_MANY_ATTEMPTS = "too_many_attempts"
+    INTERNAL = "internal"
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock format on the wire."""
+    return datetime.now(UTC)
+
+
+class _Wire(BaseModel):
+    # Unknown fields are ignored so that newer producers can add optional fields
+    # without breaking older daemons; breaking changes bump SCHEMA_VERSION.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class JobOptions(_Wire):
+    """How to transcribe."""
+
+    model: str = "tiny.en"
+    language: str | None = Field(default=None, min_length=2, max_length=8)
+    task: Task = Task.TRANSCRIBE
+    word_timestamps: bool = False
+
+
+class AudioRef(_Wire):
+    """Claim check: where the audio lies in the blob store and how to verify it."""
+
+    url: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    content_type: str | None = None
+    filename: str | None = None
+
+
+class JobMessage(_Wire):
+    """A job on the request exchange (JSON body)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: str = Field(min_length=1, max_length=128)
+    options: JobOptions = JobOptions()
+    audio: AudioRef | None = None
+    submitted_at: datetime = Field(default_factory=utcnow)
+
+
+class InboundJob(BaseModel):
+    """A decoded job: the message plus its audio bytes when they came inline."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message: JobMessage
+    inline_audio: bytes | None = None
+
+    @property
+    def job_id(self) -> str:
+        """The job's id (also the AMQP message_id)."""
+        return self.message.job_id
+
+
+class Word(_Wire):
+    """One word with its timing."""
+
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+class Segment(_Wire):
+    """One stretch of speech."""
+
+    id: int
+    start: float
+    end: float
+    text: str
+    words: list[Word] | None = None
+
+
+class TranscriptResult(_Wire):
+    """The full result of a job."""
+
+    text: str
+    language: str | None
+    language_probability: float | None = None
+    duration: float
+    model: str
+    task: Task = Task.TRANSCRIBE
+    segments: list[Segment]
+
+
+class ErrorInfo(_Wire):
+    """Why a job failed."""
+
+    code: ErrorCode
+    message: str
+
+
+class JobEvent(_Wire):
+    """An event on the results exchange; the routing key is ``event``."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event: EventType
+    job_id: str
+    model: str | None = None
+    timestamp: datetime = Field(default_factory=utcnow)
+    attempt: int | None = None
+    worker: str | None = None
+    progress: float | None = Field(default=None, ge=0.0, le=1.0)
+    result: TranscriptResult | None = None
+    error: ErrorInfo | None = None
+
+    @property
+    def status(self) -> JobStatus:
+        """The job status this event reports."""
+        return self.event.status
+
+
+class DecodeError(Exception):
+    """A message that is not a valid job or event; never worth a retry."""
+
+
+def _header_str(headers: Mapping[str, Any], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _inline_options(headers: Mapping[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for name in INLINE_OPTION_HEADERS:
+        value = _header_str(headers, name)
+        if value is not None:
+            options[name] = value
+    if "word_timestamps" in options:
+        options["word_timestamps"] = options["word_timestamps"].lower() in {"1", "true", "yes"}
+    return options
+
+
+def decode_job(
+    body: bytes,
+    *,
+    content_type: str | None,
+    message_id: str | None,
+    headers: Mapping[str, Any] | None = None,
+) -> InboundJob:
+    """Decode a job from an AMQP delivery, raising DecodeError with a reason a person can act on."""
+    headers = headers or {}
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    try:
+        if ctype.startswith(("audio/", "video/")) or ctype == "application/octet-stream":
+            if not body:
+                raise DecodeError("empty audio body")
+            message = JobMessage(
+                job_id=message_id or str(uuid.uuid4()),
+                options=JobOptions.model_validate(_inline_options(headers)),
+            )
+            return InboundJob(message=message, inline_audio=body)
+        if ctype not in {"", JSON_CONTENT_TYPE}:
+            raise DecodeError(
+                f"unsupported content_type {content_type!r}: send application/json "
+                "(claim check) or audio/* (raw audio body)"
+            )
+        data = json.loads(body)
+        if not isinstance(data, dict):
+            raise DecodeError("job body must be a JSON object")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise DecodeError(
+                f"unsupported schema_version {version!r}; this daemon speaks {SCHEMA_VERSION}"
+            )
+        message = JobMessage.model_validate(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, ValidationError):
+            raise DecodeError(f"invalid job message: {_summarise(exc)}") from None
+        raise DecodeError(f"job body is not valid JSON: {exc}") from None
+    if message.audio is None:
+        raise DecodeError("job message has no audio reference")
+    return InboundJob(message=message)
+
+
+def decode_event(body: bytes) -> JobEvent:
+    """Decode an event from the results exchange."""
+    try:
+        return JobEvent.model_validate_json(body)
+    except ValueError as exc:
+        raise DecodeError(f"invalid event: {exc}") from None
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)

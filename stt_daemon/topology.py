@@ -1,0 +1,147 @@
+"""Exchange, queue and dead-letter names and the one function that declares them.
+
+Every process (gateway, daemon, tests) calls :func:`declare_topology` at start;
+declarations are idempotent, so jobs queue durably even before any daemon runs.
+This module imports nothing else of ours.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_model_name(name: str) -> str:
+    """Model names become routing keys and queue names: keep them plain."""
+    if not _MODEL_NAME.match(name):
+        raise ValueError(
+            f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (max 64)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Names:
+    """All broker names, derived from one prefix (tests use a unique prefix each)."""
+
+    prefix: str = "stt"
+
+    @property
+    def jobs_exchange(self) -> str:
+        """Direct exchange; the routing key is the model name."""
+        return f"{self.prefix}.jobs"
+
+    def job_queue(self, model: str) -> str:
+        """The quorum queue of one model."""
+        return f"{self.prefix}.jobs.{check_model_name(model)}"
+
+    @property
+    def dead_exchange(self) -> str:
+        """Fanout exchange that receives dead-lettered jobs."""
+        return f"{self.prefix}.dead"
+
+    @property
+    def dead_queue(self) -> str:
+        """Where dead-lettered jobs wait for a person."""
+        return f"{self.prefix}.dead"
+
+    @property
+    def results_exchange(self) -> str:
+        """Topic exchange of job events; routing keys are ``job.<event>``."""
+        return f"{self.prefix}.results"
+
+    @property
+    def recorder_queue(self) -> str:
+        """The status store's queue on the results exchange (shared by all gateways)."""
+        return f"{self.prefix}.recorder"
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """Limits applied to every job queue."""
+
+    max_queued: int = 1000
+    #: Broker-side backstop against a job that kills every worker that takes it.
+    #: Daemons give up earlier, by themselves (see ``DaemonSettings.max_attempts``),
+    #: so that the job is reported failed; this limit only catches what they cannot.
+    delivery_limit: int = 10
+
+
+def broker_max_length(max_queued: int) -> int:
+    """The ``x-max-length`` that makes the queue hold exactly ``max_queued`` jobs.
+
+    RabbitMQ 3.10 quorum queues with ``reject-publish`` confirm one publish more than
+    ``x-max-length`` (the limit is checked before the enqueue), so ask for one less.
+    """
+    return max(max_queued - 1, 0)
+
+
+@dataclass
+class Topology:
+    """Declared exchanges and queues, as seen from one channel."""
+
+    names: Names
+    jobs_exchange: AbstractExchange
+    results_exchange: AbstractExchange
+    job_queues: dict[str, AbstractQueue] = field(default_factory=dict)
+    dead_queue: AbstractQueue | None = None
+    recorder_queue: AbstractQueue | None = None
+
+
+async def declare_topology(
+    channel: AbstractChannel,
+    names: Names,
+    models: Iterable[str],
+    limits: QueueLimits,
+) -> Topology:
+    """Declare (idempotently) everything jobs and events flow through."""
+    durable_quorum: dict[str, Any] = {"x-queue-type": "quorum"}
+
+    dead_exchange = await channel.declare_exchange(
+        names.dead_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    dead_queue = await channel.declare_queue(
+        names.dead_queue, durable=True, arguments=durable_quorum
+    )
+    await dead_queue.bind(dead_exchange)
+
+    jobs_exchange = await channel.declare_exchange(
+        names.jobs_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    results_exchange = await channel.declare_exchange(
+        names.results_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    topology = Topology(names, jobs_exchange, results_exchange, dead_queue=dead_queue)
+
+    for model in models:
+        queue = await channel.declare_queue(
+            names.job_queue(model),
+            durable=True,
+            arguments={
+                **durable_quorum,
+                "x-max-length": broker_max_length(limits.max_queued),
+                "x-overflow": "reject-publish",
+                "x-delivery-limit": limits.delivery_limit,
+                "x-dead-letter-exchange": names.dead_exchange,
+                # at-least-once: a dead-lettered job is kept until the dead queue confirms it.
+                "x-dead-letter-strategy": "at-least-once",
+            },
+        )
+        await queue.bind(jobs_exchange, routing_key=model)
+        topology.job_queues[model] = queue
+
+    # Declared here, not by the gateway alone, so that events published while no
+    # gateway runs are kept for the status store instead of being dropped.
+    recorder = await channel.declare_queue(
+        names.recorder_queue, durable=True, arguments=durable_quorum
+    )
+    await recorder.bind(results_exchange, routing_key="job.#")
+    topology.recorder_queue = recorder
+    return topology

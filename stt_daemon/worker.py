@@ -1,0 +1,122 @@
+"""The daemon's lifecycle: connect, consume with bounded concurrency, drain on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+
+from stt_daemon.blobs import BlobStore
+from stt_daemon.config import DaemonSettings
+from stt_daemon.engine import Engine
+from stt_daemon.events import EventPublisher
+from stt_daemon.handler import JobHandler
+from stt_daemon.topology import declare_topology
+
+log = structlog.get_logger("stt_daemon.worker")
+
+
+async def connect(settings: DaemonSettings, role: str) -> AbstractRobustConnection:
+    """A robust connection named after this worker and its role (seen in the management UI).
+
+    The first connection is retried too: a daemon started before its broker
+    (compose, Kubernetes) waits for it instead of exiting.
+    """
+    delay = 1.0
+    while True:
+        try:
+            return await aio_pika.connect_robust(
+                settings.amqp_url,
+                client_properties={"connection_name": f"stt-daemon {settings.worker_name} {role}"},
+                heartbeat=settings.heartbeat,
+            )
+        except (OSError, aio_pika.exceptions.AMQPConnectionError) as exc:
+            log.warning("broker.unreachable", role=role, error=str(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
+class Daemon:
+    """Consumes job queues and runs each delivery as a task until asked to stop."""
+
+    def __init__(self, settings: DaemonSettings, engines: Mapping[str, Engine]) -> None:
+        self._settings = settings
+        self._engines = engines
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._consumers: list[tuple[AbstractQueue, str]] = []
+
+    def request_stop(self) -> None:
+        """Signal-safe: only sets an event; run() does the actual shutdown."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Serve until request_stop(), then shut down in steps."""
+        settings = self._settings
+        # Two connections: a broker memory alarm blocks publishers, and must not
+        # also stall the consumer side (acks, heartbeats) of the same connection.
+        consume_conn = await connect(settings, "consume")
+        publish_conn = await connect(settings, "publish")
+        try:
+            publish_channel = await publish_conn.channel(publisher_confirms=True)
+            topology = await declare_topology(
+                publish_channel, settings.names, self._engines, settings.queue_limits
+            )
+            events = EventPublisher(
+                publish_channel, topology.results_exchange, settings.publish_timeout
+            )
+            handler = JobHandler(
+                settings, self._engines, BlobStore(settings.resolved_blob_url), events
+            )
+            await self._start_consumers(consume_conn, handler)
+            log.info("daemon.ready", models=list(self._engines), prefetch=settings.prefetch)
+            await self._stop.wait()
+            await self._shutdown(handler)
+        finally:
+            # Closed last so heartbeats keep flowing while in-flight jobs finish.
+            await consume_conn.close()
+            await publish_conn.close()
+
+    async def _start_consumers(self, conn: AbstractRobustConnection, handler: JobHandler) -> None:
+        for model in self._engines:
+            # One channel per model: prefetch is per consumer, and quorum queues do
+            # not support channel-global QoS.
+            channel = await conn.channel()
+            await channel.set_qos(prefetch_count=self._settings.prefetch)
+            queue = await channel.get_queue(self._settings.names.job_queue(model), ensure=True)
+
+            async def on_message(message: AbstractIncomingMessage) -> None:
+                task = asyncio.create_task(handler.handle(message))
+                # Keep a reference: the loop holds tasks only weakly.
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
+
+            tag = await queue.consume(on_message)
+            self._consumers.append((queue, tag))
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The message stays unacked and comes back when the channel closes.
+            log.error("job.crashed", exc_info=task.exception())
+
+    async def _shutdown(self, handler: JobHandler) -> None:
+        in_flight = len(self._tasks)
+        log.info("daemon.stopping", in_flight=in_flight, deadline_s=self._settings.shutdown_timeout)
+        # Stop intake first: nothing new arrives while the running jobs finish.
+        for queue, tag in self._consumers:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+        if self._tasks:
+            _done, pending = await asyncio.wait(
+                set(self._tasks), timeout=self._settings.shutdown_timeout
+            )
+            for task in pending:
+                task.cancel()  # the handler hands the job back to the queue
+            if pending:
+                await asyncio.wait(pending, timeout=10)
+        log.info("daemon.stopped", in_flight_at_signal=in_flight, **handler.counts)
