@@ -1,0 +1,57 @@
+"""Session fixtures: one real RabbitMQ node for the whole run; a fresh stack per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel
+
+from stack import JFK, Stack
+from stt_daemon.localbroker import LocalRabbitNode
+
+
+@pytest.fixture(scope="session")
+def audio_dir() -> Path:
+    """The team's test recordings (../shared/audio beside the repo, or STT_TEST_AUDIO_DIR)."""
+    if not JFK.is_file():
+        pytest.fail(f"test audio missing: {JFK} (set STT_TEST_AUDIO_DIR)")
+    return JFK.parent
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """STT_TEST_AMQP_URL, or a private RabbitMQ node on a free loopback port."""
+    if url := os.environ.get("STT_TEST_AMQP_URL"):
+        yield url
+        return
+    node = LocalRabbitNode()
+    node.start()
+    try:
+        yield node.url
+    finally:
+        node.stop()
+        node.cleanup()
+
+
+@pytest.fixture
+async def stack(amqp_url: str, tmp_path: Path, audio_dir: Path) -> AsyncIterator[Stack]:
+    """An isolated deployment (unique queue names, own data dir); processes stopped after."""
+    s = Stack(amqp_url=amqp_url, data_dir=tmp_path)
+    try:
+        yield s
+    finally:
+        await s.stop_all()
+
+
+@pytest.fixture
+async def channel(amqp_url: str) -> AsyncIterator[AbstractChannel]:
+    """A plain AMQP channel, as an outside producer or consumer would have."""
+    connection = await aio_pika.connect_robust(amqp_url)
+    try:
+        yield await connection.channel(publisher_confirms=True)
+    finally:
+        await connection.close()
