@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from stt_daemon.topology import Names, QueueLimits, check_model_name
@@ -115,3 +115,14 @@ class DaemonSettings(CommonSettings):
     #: Minimum seconds between two ``job.progress`` events of one job.
     progress_interval: float = Field(default=1.0, ge=0)
     worker_name: str = Field(default_factory=default_worker_name)
+
+    @model_validator(mode="after")
+    def _limits_agree(self) -> DaemonSettings:
+        # The daemon must give up (and report the job failed) before the broker's
+        # backstop drops the job into the dead-letter queue silently.
+        if self.delivery_limit <= self.max_attempts:
+            raise ValueError(
+                f"STT_DELIVERY_LIMIT ({self.delivery_limit}) must exceed "
+                f"STT_MAX_ATTEMPTS ({self.max_attempts})"
+            )
+        return self

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import structlog
 
@@ -29,7 +28,9 @@ def _start_broker(settings: CommonSettings) -> tuple[LocalRabbitNode | None, str
         log.info("local.broker", using=settings.amqp_url.split("@")[-1])
         return None, settings.amqp_url
     # Kept under the data directory so that queued jobs survive a restart.
-    node = LocalRabbitNode(name="stt-local@localhost", base_dir=(settings.data_dir / "rabbitmq").resolve())
+    node = LocalRabbitNode(
+        name="stt-local@localhost", base_dir=(settings.data_dir / "rabbitmq").resolve()
+    )
     log.info("local.broker.starting", port=node.port, dir=str(node.base_dir))
     node.start()
     return node, node.url

@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,10 +62,8 @@ class Proc:
         lines = []
         for line in self.output().splitlines():
             if line.startswith("{"):
-                try:
+                with suppress(json.JSONDecodeError):
                     lines.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
         return lines
 
     async def wait_for_log(self, event: str, timeout: float = 60.0) -> dict[str, Any]:
@@ -76,9 +74,13 @@ class Proc:
                 if line.get("event") == event:
                     return line
             if self.popen.poll() is not None:
-                raise AssertionError(f"{self.name} exited ({self.popen.returncode}):\n{self.output()[-3000:]}")
+                raise AssertionError(
+                    f"{self.name} exited ({self.popen.returncode}):\n{self.output()[-3000:]}"
+                )
             await asyncio.sleep(0.1)
-        raise AssertionError(f"{self.name}: no {event!r} within {timeout}s:\n{self.output()[-3000:]}")
+        raise AssertionError(
+            f"{self.name}: no {event!r} within {timeout}s:\n{self.output()[-3000:]}"
+        )
 
     def signal(self, sig: int) -> None:
         """Send a signal."""
@@ -141,7 +143,9 @@ class Stack:
             await proc.wait_for_log("daemon.ready", timeout=120)
         return proc
 
-    async def gateway(self, port: int | None = None, wait_ready: bool = True, **env: str) -> Gateway:
+    async def gateway(
+        self, port: int | None = None, wait_ready: bool = True, **env: str
+    ) -> Gateway:
         """Start a gateway on a free port and wait until /readyz says ready."""
         port = port or free_port()
         argv = [sys.executable, "-m", "gateway", "--port", str(port)]
@@ -184,7 +188,9 @@ class Gateway:
                 await asyncio.sleep(0.1)
         raise AssertionError(f"gateway not {path} within {timeout}s:\n{self.proc.output()[-3000:]}")
 
-    async def submit(self, path: Path | bytes, name: str = "audio", **fields: str) -> dict[str, Any]:
+    async def submit(
+        self, path: Path | bytes, name: str = "audio", **fields: str
+    ) -> dict[str, Any]:
         """POST /v1/jobs and return the 202 body."""
         data = path.read_bytes() if isinstance(path, Path) else path
         filename = path.name if isinstance(path, Path) else name
@@ -200,7 +206,10 @@ class Gateway:
         async with self.client() as client:
             while time.monotonic() < deadline:
                 response = await client.get(f"/v1/jobs/{job_id}")
-                if response.status_code == 200 and response.json()["status"] in ("succeeded", "failed"):
+                if response.status_code == 200 and response.json()["status"] in (
+                    "succeeded",
+                    "failed",
+                ):
                     body: dict[str, Any] = response.json()
                     return body
                 await asyncio.sleep(0.2)
@@ -224,7 +233,9 @@ class EventTap:
         """Events seen for one job (optionally of one kind)."""
         return [e for e in self.events if e.job_id == job_id and (kind is None or e.event == kind)]
 
-    async def wait_for(self, job_id: str, kinds: tuple[str, ...], timeout: float = 120.0) -> JobEvent:
+    async def wait_for(
+        self, job_id: str, kinds: tuple[str, ...], timeout: float = 120.0
+    ) -> JobEvent:
         """Wait until an event of one of these kinds arrives for the job."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -232,17 +243,19 @@ class EventTap:
                 if event.event in kinds:
                     return event
             self._changed.clear()
-            try:
+            with suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
         raise AssertionError(f"no {kinds} for {job_id} within {timeout}s; saw {self.of(job_id)}")
 
 
 @asynccontextmanager
-async def event_tap(channel: AbstractChannel, names: Names, routing_key: str = "job.#") -> AsyncIterator[EventTap]:
+async def event_tap(
+    channel: AbstractChannel, names: Names, routing_key: str = "job.#"
+) -> AsyncIterator[EventTap]:
     """Bind an exclusive queue to the results exchange, as any downstream service would."""
-    exchange = await channel.declare_exchange(names.results_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+    exchange = await channel.declare_exchange(
+        names.results_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
     queue = await channel.declare_queue(exclusive=True)
     await queue.bind(exchange, routing_key=routing_key)
     tap = EventTap(queue)
@@ -253,7 +266,9 @@ async def event_tap(channel: AbstractChannel, names: Names, routing_key: str = "
         await queue.cancel(tag)
 
 
-async def drain_dead_letters(channel: AbstractChannel, names: Names, count: int, timeout: float = 45.0) -> list[aio_pika.abc.AbstractIncomingMessage]:
+async def drain_dead_letters(
+    channel: AbstractChannel, names: Names, count: int, timeout: float = 45.0
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
     """Get ``count`` messages from the dead-letter queue (at-least-once DLX takes seconds)."""
     queue = await channel.get_queue(names.dead_queue)
     got: list[aio_pika.abc.AbstractIncomingMessage] = []

@@ -13,7 +13,7 @@ from aio_pika.abc import AbstractChannel
 
 from stack import HOTWORDS, JFK, JFK_WORDS, Stack, drain_dead_letters, event_tap, normalise
 from stt_daemon.protocol import SCHEMA_VERSION, decode_event
-from stt_daemon.topology import declare_topology, QueueLimits
+from stt_daemon.topology import QueueLimits, declare_topology
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,9 @@ async def test_downstream_consumer_receives_started_progress_and_succeeded(
     assert progress == sorted(progress) and all(0 < p < 1 for p in progress if p is not None)
 
 
-async def test_raw_audio_producer_with_direct_reply_to(stack: Stack, channel: AbstractChannel) -> None:
+async def test_raw_audio_producer_with_direct_reply_to(
+    stack: Stack, channel: AbstractChannel
+) -> None:
     """An AMQP-only producer: raw audio body, options in headers, answer by RPC."""
     await stack.daemon()
     exchange = await _jobs_exchange(channel, stack)
@@ -85,11 +87,17 @@ async def test_claim_check_producer_and_gateway_sees_the_job(
         "schema_version": SCHEMA_VERSION,
         "job_id": job_id,
         "options": {"model": "tiny.en", "language": "en"},
-        "audio": {"url": blob.as_uri(), "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)},
+        "audio": {
+            "url": blob.as_uri(),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+        },
     }
     exchange = await _jobs_exchange(channel, stack)
     await exchange.publish(
-        aio_pika.Message(json.dumps(body).encode(), content_type="application/json", message_id=job_id),
+        aio_pika.Message(
+            json.dumps(body).encode(), content_type="application/json", message_id=job_id
+        ),
         routing_key="tiny.en",
     )
     final = await gw.wait_final(job_id)
@@ -121,7 +129,8 @@ async def test_malformed_job_messages_fail_and_are_dead_lettered(
     job_id = str(uuid.uuid4())
     async with event_tap(channel, stack.names) as tap:
         await exchange.publish(
-            aio_pika.Message(body, content_type=content_type, message_id=job_id), routing_key="tiny.en"
+            aio_pika.Message(body, content_type=content_type, message_id=job_id),
+            routing_key="tiny.en",
         )
         failed = await tap.wait_for(job_id, ("job.failed",), timeout=30)
     assert failed.error is not None and failed.error.code == "bad_message"

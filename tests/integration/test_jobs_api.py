@@ -78,7 +78,9 @@ async def test_bad_requests_get_clear_json_errors(stack: Stack) -> None:
         empty = await client.post("/v1/jobs", files={"file": ("a.flac", b"")})
         assert empty.status_code == 422
 
-        not_multipart = await client.post("/v1/jobs", content=b"raw", headers={"content-type": "audio/flac"})
+        not_multipart = await client.post(
+            "/v1/jobs", content=b"raw", headers={"content-type": "audio/flac"}
+        )
         assert not_multipart.status_code == 415
     # Nothing refused was left behind in the blob store.
     assert not [p for p in (stack.data_dir / "blobs").iterdir()]
@@ -87,8 +89,8 @@ async def test_bad_requests_get_clear_json_errors(stack: Stack) -> None:
 def _multipart(boundary: str, payload_size: int) -> AsyncIterator[bytes]:
     async def body() -> AsyncIterator[bytes]:
         yield (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"big.wav\"\r\nContent-Type: audio/wav\r\n\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="big.wav"\r\nContent-Type: audio/wav\r\n\r\n'
         ).encode()
         chunk = b"\0" * 65536
         for _ in range(payload_size // len(chunk)):
@@ -144,7 +146,15 @@ async def test_openapi_lists_both_apis(stack: Stack) -> None:
     gw = await stack.gateway()
     async with httpx.AsyncClient(base_url=gw.url) as client:
         paths = (await client.get("/openapi.json")).json()["paths"]
-    for path in ("/translate", "/status/{task_id}", "/result/{task_id}", "/v1/jobs",
-                 "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/result", "/healthz", "/readyz"):
+    for path in (
+        "/translate",
+        "/status/{task_id}",
+        "/result/{task_id}",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/result",
+        "/healthz",
+        "/readyz",
+    ):
         assert path in paths
     await asyncio.sleep(0)

@@ -61,7 +61,9 @@ async def test_failed_job_result_gives_the_reason(stack: Stack) -> None:
     gw = await stack.gateway()
     await stack.daemon()
     async with gw.client() as client:
-        response = await client.post("/translate", files={"file": ("x.mp3", b"not audio at all" * 64)})
+        response = await client.post(
+            "/translate", files={"file": ("x.mp3", b"not audio at all" * 64)}
+        )
         task_id = response.json()["task_id"]
         await _poll_status(gw, task_id, "failed")
         result = await client.get(f"/result/{task_id}")

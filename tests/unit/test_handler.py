@@ -1,0 +1,199 @@
+"""The job handler with fakes: ack only after the result is confirmed, retries that end."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stack import JFK
+from stt_daemon.blobs import BlobStore
+from stt_daemon.config import DaemonSettings
+from stt_daemon.handler import JobHandler
+from stt_daemon.protocol import JobEvent, JobOptions, Segment, TranscriptResult
+
+
+@dataclass
+class FakeMessage:
+    """Just the parts of an aio-pika incoming message the handler uses."""
+
+    body: bytes
+    log: list[str]
+    content_type: str | None = "audio/flac"
+    message_id: str | None = "job-1"
+    headers: dict[str, Any] = field(default_factory=dict)
+    reply_to: str | None = None
+    correlation_id: str | None = None
+
+    async def ack(self) -> None:
+        self.log.append("ack")
+
+    async def nack(self, requeue: bool = True) -> None:
+        self.log.append(f"nack(requeue={requeue})")
+
+    async def reject(self, requeue: bool = False) -> None:
+        self.log.append(f"reject(requeue={requeue})")
+
+
+class FakeEvents:
+    """Records what would have been published; can be told to fail."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.events: list[JobEvent] = []
+        self.replies: list[tuple[JobEvent, str, str | None]] = []
+        self.fail_on: str | None = None
+
+    async def publish(self, event: JobEvent) -> None:
+        if event.event.value == self.fail_on:
+            raise ConnectionError("broker went away")
+        self.events.append(event)
+        self.log.append(event.event.value)
+
+    async def reply(self, event: JobEvent, reply_to: str, correlation_id: str | None) -> None:
+        self.replies.append((event, reply_to, correlation_id))
+        self.log.append("reply")
+
+
+class FakeEngine:
+    """Answers instantly, or raises what it is given."""
+
+    name = "tiny.en"
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.calls = 0
+
+    def transcribe(
+        self, audio: Any, options: JobOptions, on_progress: Any, cancelled: threading.Event
+    ) -> TranscriptResult:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        return TranscriptResult(
+            text="fake words",
+            language="en",
+            duration=len(audio) / 16000,
+            model=options.model,
+            segments=[Segment(id=0, start=0.0, end=1.0, text="fake words")],
+        )
+
+
+def _handler(
+    tmp_path: Path, engine: FakeEngine, log: list[str], **settings: Any
+) -> tuple[JobHandler, FakeEvents]:
+    events = FakeEvents(log)
+    config = DaemonSettings(data_dir=tmp_path, retry_backoff=0, **settings)
+    handler = JobHandler(config, {"tiny.en": engine}, BlobStore((tmp_path / "b").as_uri()), events)  # type: ignore[arg-type]
+    return handler, events
+
+
+async def test_success_publishes_then_acks(tmp_path: Path) -> None:
+    log: list[str] = []
+    handler, events = _handler(tmp_path, FakeEngine(), log)
+    await handler.handle(FakeMessage(JFK.read_bytes(), log))  # type: ignore[arg-type]
+    assert log == ["job.started", "job.succeeded", "ack"]
+    assert events.events[-1].result is not None
+    assert events.events[-1].result.duration == pytest.approx(11.0)
+
+
+async def test_reply_to_gets_the_final_event_before_the_ack(tmp_path: Path) -> None:
+    log: list[str] = []
+    handler, events = _handler(tmp_path, FakeEngine(), log)
+    message = FakeMessage(
+        JFK.read_bytes(), log, reply_to="amq.rabbitmq.reply-to.x", correlation_id="c1"
+    )
+    await handler.handle(message)  # type: ignore[arg-type]
+    assert log == ["job.started", "job.succeeded", "reply", "ack"]
+    event, reply_to, correlation = events.replies[0]
+    assert (event.event.value, reply_to, correlation) == (
+        "job.succeeded",
+        "amq.rabbitmq.reply-to.x",
+        "c1",
+    )
+
+
+async def test_unconfirmed_result_is_never_acked(tmp_path: Path) -> None:
+    log: list[str] = []
+    handler, events = _handler(tmp_path, FakeEngine(), log)
+    events.fail_on = "job.succeeded"
+    await handler.handle(FakeMessage(JFK.read_bytes(), log))  # type: ignore[arg-type]
+    assert "ack" not in log
+    assert log[-1] == "nack(requeue=True)"
+
+
+async def test_bad_audio_fails_and_dead_letters_without_retry(tmp_path: Path) -> None:
+    log: list[str] = []
+    engine = FakeEngine()
+    handler, events = _handler(tmp_path, engine, log)
+    await handler.handle(FakeMessage(b"not audio" * 100, log))  # type: ignore[arg-type]
+    assert log == ["job.started", "job.failed", "reject(requeue=False)"]
+    assert events.events[-1].error is not None and events.events[-1].error.code == "bad_audio"
+    assert engine.calls == 0
+
+
+async def test_transient_error_is_retried_then_given_up(tmp_path: Path) -> None:
+    log: list[str] = []
+    handler, events = _handler(
+        tmp_path, FakeEngine(error=RuntimeError("GPU hiccup")), log, max_attempts=3
+    )
+    await handler.handle(FakeMessage(JFK.read_bytes(), log))  # type: ignore[arg-type]
+    assert log[-1] == "nack(requeue=True)"
+    assert not [e for e in events.events if e.event.value == "job.failed"]
+
+    log.clear()
+    # Third delivery (x-delivery-count counts earlier ones): the last attempt.
+    await handler.handle(FakeMessage(JFK.read_bytes(), log, headers={"x-delivery-count": 2}))  # type: ignore[arg-type]
+    assert log[-2:] == ["job.failed", "reject(requeue=False)"]
+    failed = events.events[-1]
+    assert failed.attempt == 3
+    assert failed.error is not None and "GPU hiccup" in failed.error.message
+
+
+async def test_job_delivered_too_often_is_failed_without_running(tmp_path: Path) -> None:
+    """A job that crashed every worker that took it is reported, not retried forever."""
+    log: list[str] = []
+    engine = FakeEngine()
+    handler, events = _handler(tmp_path, engine, log, max_attempts=3)
+    await handler.handle(FakeMessage(JFK.read_bytes(), log, headers={"x-delivery-count": 3}))  # type: ignore[arg-type]
+    assert log == ["job.failed", "reject(requeue=False)"]
+    assert events.events[0].error is not None
+    assert events.events[0].error.code == "too_many_attempts"
+    assert engine.calls == 0
+
+
+async def test_undecodable_message_fails_with_its_reason(tmp_path: Path) -> None:
+    log: list[str] = []
+    handler, events = _handler(tmp_path, FakeEngine(), log)
+    await handler.handle(FakeMessage(b"{", log, content_type="application/json"))  # type: ignore[arg-type]
+    assert log == ["job.failed", "reject(requeue=False)"]
+    assert events.events[0].job_id == "job-1"
+    assert events.events[0].error is not None and events.events[0].error.code == "bad_message"
+
+
+async def test_cancellation_hands_the_job_back(tmp_path: Path) -> None:
+    log: list[str] = []
+    started = threading.Event()
+    release = threading.Event()
+
+    class SlowEngine(FakeEngine):
+        def transcribe(
+            self, audio: Any, options: Any, on_progress: Any, cancelled: threading.Event
+        ) -> Any:
+            started.set()
+            release.wait(5)
+            return super().transcribe(audio, options, on_progress, cancelled)
+
+    handler, _ = _handler(tmp_path, SlowEngine(), log)
+    task = asyncio.create_task(handler.handle(FakeMessage(JFK.read_bytes(), log)))  # type: ignore[arg-type]
+    await asyncio.to_thread(started.wait, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+    assert log == ["job.started", "nack(requeue=True)"]
+    assert handler.counts["handed_back"] == 1
