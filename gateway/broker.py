@@ -74,16 +74,33 @@ class BrokerLink:
         delay = 0.5
         while True:
             try:
-                conn = await aio_pika.connect_robust(
-                    self._settings.amqp_url,
-                    client_properties={"connection_name": f"stt-gateway {self._role}"},
-                    heartbeat=self._settings.heartbeat,
+                await self._connect_once()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Unreachable broker, or a topology that disagrees with what is
+                # declared already (PRECONDITION_FAILED): say so and keep trying.
+                log.warning(
+                    "broker.not_ready",
+                    role=self._role,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_s=delay,
                 )
-                break
-            except (OSError, AMQPError) as exc:
-                log.warning("broker.unreachable", role=self._role, error=str(exc), retry_in_s=delay)
+                self.topology = None
+                if self._connection is not None:
+                    with contextlib.suppress(Exception):
+                        await self._connection.close()
+                    self._connection = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    async def _connect_once(self) -> None:
+        conn = await aio_pika.connect_robust(
+            self._settings.amqp_url,
+            client_properties={"connection_name": f"stt-gateway {self._role}"},
+            heartbeat=self._settings.heartbeat,
+        )
         self._connection = conn
         channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
         self._channel = channel

@@ -56,6 +56,7 @@ class _FormState:
         self._header_value = b""
         self._name: str | None = None
         self._is_file = False
+        self._skip = False
         self._buffer = bytearray()
 
     def callbacks(self) -> dict[str, object]:
@@ -72,7 +73,7 @@ class _FormState:
     def _part_begin(self) -> None:
         self._headers.clear()
         self._buffer.clear()
-        self._name, self._is_file = None, False
+        self._name, self._is_file, self._skip = None, False, False
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_name += data[start:end]
@@ -96,8 +97,13 @@ class _FormState:
             ctype = self._headers.get(b"content-type")
             self.upload.content_type = ctype.decode("latin-1") if ctype else None
             self.upload.blob = self._blobs.writer(self._max)
+        elif filename is not None:
+            # A file under another field name: not ours, read past it unbuffered.
+            self._skip = True
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._skip:
+            return
         if self._is_file:
             assert self.upload.blob is not None
             try:
@@ -110,7 +116,7 @@ class _FormState:
                 raise HTTPException(413, f"form field {self._name!r} is too large")
 
     def _part_end(self) -> None:
-        if not self._is_file and self._name:
+        if not self._is_file and not self._skip and self._name:
             self.upload.fields[self._name] = self._buffer.decode("utf-8", "replace")
 
 

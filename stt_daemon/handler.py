@@ -108,6 +108,8 @@ class JobHandler:
                 content_type=message.content_type,
                 message_id=message.message_id,
                 headers=message.headers,
+                # Jobs reach us through stt.jobs, whose routing key is the model.
+                default_model=message.routing_key or None,
             )
         except DecodeError as exc:
             job_id = message.message_id or "unknown"
@@ -226,17 +228,22 @@ class JobHandler:
     ) -> None:
         """Publish the final event (and RPC reply), then ack or dead-letter, then drop the blob."""
         await self._events.publish(final)
-        if message.reply_to:
-            try:
-                await self._events.reply(final, message.reply_to, message.correlation_id)
-            except Exception as exc:
-                log.warning("reply.not_sent", reply_to=message.reply_to, error=str(exc))
+        await self._reply(message, final)
         if ack:
             await message.ack()
         else:
             await message.reject(requeue=False)  # -> dead-letter exchange
         if job.message.audio is not None:
             self._blobs.delete(job.message.audio.url)
+
+    async def _reply(self, message: AbstractIncomingMessage, final: JobEvent) -> None:
+        """RPC reply when asked for; a caller that went away must not fail the job."""
+        if not message.reply_to:
+            return
+        try:
+            await self._events.reply(final, message.reply_to, message.correlation_id)
+        except Exception as exc:
+            log.warning("reply.not_sent", reply_to=message.reply_to, error=str(exc))
 
     async def _fail(
         self, message: AbstractIncomingMessage, job: InboundJob, attempt: int, error: ErrorInfo
@@ -263,8 +270,7 @@ class JobHandler:
             error=ErrorInfo(code=ErrorCode.BAD_MESSAGE, message=reason),
         )
         await self._events.publish(event)
-        if message.reply_to:
-            await self._events.reply(event, message.reply_to, message.correlation_id)
+        await self._reply(message, event)
         await message.reject(requeue=False)
         self.counts["failed"] += 1
         log.warning("job.done", status="failed", error_code="bad_message", error=reason)

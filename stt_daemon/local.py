@@ -47,10 +47,14 @@ def main(argv: list[str] | None = None) -> None:
     node, url = _start_broker(settings)
     env = {**os.environ, "STT_AMQP_URL": url}
     python = sys.executable
+    # Own sessions: a Ctrl-C in the terminal reaches only us, and we stop the
+    # children once each, in order (a second signal would force the daemon out).
     procs = [
-        subprocess.Popen([python, "-m", "stt_daemon"], env=env),
+        subprocess.Popen([python, "-m", "stt_daemon"], env=env, start_new_session=True),
         subprocess.Popen(
-            [python, "-m", "gateway", "--host", args.host, "--port", str(args.port)], env=env
+            [python, "-m", "gateway", "--host", args.host, "--port", str(args.port)],
+            env=env,
+            start_new_session=True,
         ),
     ]
     stopping = False

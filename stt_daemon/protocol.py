@@ -7,7 +7,6 @@ import it. This module imports nothing else of ours and never faster-whisper.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -230,18 +229,26 @@ def decode_job(
     content_type: str | None,
     message_id: str | None,
     headers: Mapping[str, Any] | None = None,
+    default_model: str | None = None,
 ) -> InboundJob:
-    """Decode a job from an AMQP delivery, raising DecodeError with a reason a person can act on."""
+    """Decode a job from an AMQP delivery, raising DecodeError with a reason a person can act on.
+
+    ``default_model`` is the model of the queue the raw-audio message came from,
+    used when the producer set no ``model`` header.
+    """
     headers = headers or {}
     ctype = (content_type or "").split(";")[0].strip().lower()
     try:
         if ctype.startswith(("audio/", "video/")) or ctype == "application/octet-stream":
             if not body:
                 raise DecodeError("empty audio body")
-            message = JobMessage(
-                job_id=message_id or str(uuid.uuid4()),
-                options=JobOptions.model_validate(_inline_options(headers)),
-            )
+            if not message_id:
+                # Without it every redelivery would report under a new id.
+                raise DecodeError("raw audio messages need a message_id: it is the job id")
+            options = _inline_options(headers)
+            if default_model and "model" not in options:
+                options["model"] = default_model
+            message = JobMessage(job_id=message_id, options=JobOptions.model_validate(options))
             return InboundJob(message=message, inline_audio=body)
         if ctype not in {"", JSON_CONTENT_TYPE}:
             raise DecodeError(

@@ -6,11 +6,13 @@ import asyncio
 import hashlib
 import json
 import uuid
+from pathlib import Path
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from audiofiles import repeated
 from stack import HOTWORDS, JFK, JFK_WORDS, Stack, drain_dead_letters, event_tap, normalise
 from stt_daemon.protocol import SCHEMA_VERSION, decode_event
 from stt_daemon.topology import QueueLimits, declare_topology
@@ -159,3 +161,31 @@ async def test_bad_audio_fails_dead_letters_and_daemon_keeps_working(
     status = await gw.wait_final(garbage["id"])
     assert status["status"] == "failed" and "not a readable audio" in status["error"]["message"]
     assert daemon.popen.poll() is None
+
+
+async def test_prefetch_jobs_really_run_at_once_and_log_one_line_each(
+    stack: Stack, channel: AbstractChannel, tmp_path: Path
+) -> None:
+    """STT_PREFETCH=3: three jobs in flight together, the fourth waits in the queue."""
+    speech = repeated(JFK, 3, tmp_path / "jfk-x3.flac")
+    gw = await stack.gateway()
+    daemon = await stack.daemon()
+    async with event_tap(channel, stack.names) as tap:
+        jobs = [await gw.submit(speech) for _ in range(4)]
+        ids = [job["id"] for job in jobs]
+        for job_id in ids:
+            await tap.wait_for(job_id, ("job.succeeded",))
+    first_done = min(e.timestamp for e in tap.events if e.event == "job.succeeded")
+    started = [e for e in tap.events if e.event == "job.started"]
+    started_before_first_done = {e.job_id for e in started if e.timestamp < first_done}
+    assert len(started_before_first_done) == 3
+    for _ in range(50):  # the log line follows the ack, which follows the event
+        done_lines = [line for line in daemon.log_lines() if line["event"] == "job.done"]
+        if len(done_lines) == len(ids):
+            break
+        await asyncio.sleep(0.1)
+    assert sorted(line["job_id"] for line in done_lines) == sorted(ids)
+    for line in done_lines:
+        assert line["status"] == "succeeded"
+        assert line["audio_s"] == pytest.approx(33.0, abs=0.1)
+        assert line["transcribe_s"] > 0 and line["decode_s"] >= 0 and line["total_s"] > 0

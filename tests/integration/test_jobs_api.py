@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
+import aio_pika
 import httpx
 import pytest
 
 from stack import JFK, JFK_WORDS, Stack, normalise
 from stt_daemon.localbroker import free_port
+from stt_daemon.topology import QueueLimits, declare_topology
 
 pytestmark = pytest.mark.integration
 
@@ -72,8 +73,9 @@ async def test_bad_requests_get_clear_json_errors(stack: Stack) -> None:
         assert bad_task.status_code == 422
         assert "task" in bad_task.json()["detail"]
 
-        no_file = await client.post("/v1/jobs", files={"other": ("a.flac", b"x")})
+        no_file = await client.post("/v1/jobs", files={"audio": ("a.flac", JFK.read_bytes())})
         assert no_file.status_code == 422
+        assert "'file'" in no_file.json()["detail"]
 
         empty = await client.post("/v1/jobs", files={"file": ("a.flac", b"")})
         assert empty.status_code == 422
@@ -142,6 +144,20 @@ async def test_broker_unreachable_gives_503_never_202(stack: Stack) -> None:
         assert (await client.get("/healthz")).status_code == 200
 
 
+async def test_conflicting_queue_settings_are_reported_not_swallowed(
+    stack: Stack, channel: aio_pika.abc.AbstractChannel
+) -> None:
+    # Someone declared the model queue with other limits first.
+    await declare_topology(channel, stack.names, ["tiny.en"], QueueLimits(max_queued=5))
+    gw = await stack.gateway(wait_ready=False, STT_MAX_QUEUED="50")
+    line = await gw.proc.wait_for_log("broker.not_ready", timeout=30)
+    assert "PRECONDITION_FAILED" in line["error"] or "inequivalent" in line["error"]
+    async with gw.client() as client:
+        assert (await client.get("/readyz")).status_code == 503
+        response = await client.post("/v1/jobs", files={"file": ("a.flac", JFK.read_bytes())})
+        assert response.status_code == 503
+
+
 async def test_openapi_lists_both_apis(stack: Stack) -> None:
     gw = await stack.gateway()
     async with httpx.AsyncClient(base_url=gw.url) as client:
@@ -157,4 +173,3 @@ async def test_openapi_lists_both_apis(stack: Stack) -> None:
         "/readyz",
     ):
         assert path in paths
-    await asyncio.sleep(0)

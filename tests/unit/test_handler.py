@@ -28,6 +28,7 @@ class FakeMessage:
     headers: dict[str, Any] = field(default_factory=dict)
     reply_to: str | None = None
     correlation_id: str | None = None
+    routing_key: str | None = "tiny.en"
 
     async def ack(self) -> None:
         self.log.append("ack")

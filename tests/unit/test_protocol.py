@@ -59,9 +59,19 @@ def test_raw_audio_body_takes_options_from_headers() -> None:
     assert job.message.options.task is Task.TRANSLATE
 
 
-def test_raw_audio_without_message_id_gets_one() -> None:
-    job = decode_job(b"x", content_type="audio/ogg", message_id=None)
-    assert len(job.job_id) == 36
+def test_raw_audio_needs_a_message_id_and_defaults_to_its_queue_model() -> None:
+    with pytest.raises(DecodeError, match="message_id"):
+        decode_job(b"x", content_type="audio/ogg", message_id=None)
+    job = decode_job(b"x", content_type="audio/ogg", message_id="m", default_model="base")
+    assert job.message.options.model == "base"
+    job = decode_job(
+        b"x",
+        content_type="audio/ogg",
+        message_id="m",
+        headers={"model": "tiny.en"},
+        default_model="base",
+    )
+    assert job.message.options.model == "tiny.en"
 
 
 @pytest.mark.parametrize(
