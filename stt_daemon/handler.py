@@ -98,6 +98,13 @@ class JobHandler:
         structlog.contextvars.bind_contextvars(job_id=message.message_id, attempt=attempt)
         try:
             await self._handle(message, attempt)
+        except Exception:
+            # Reporting the outcome failed (broker trouble, most likely). Never leave
+            # the delivery unsettled: it would hold a prefetch slot until the
+            # broker's consumer timeout. Hand it back, after a pause, to try again.
+            log.exception("job.unsettled")
+            await asyncio.sleep(backoff(attempt, self._settings.retry_backoff))
+            await self._requeue(message)
         finally:
             structlog.contextvars.unbind_contextvars("job_id", "attempt")
 

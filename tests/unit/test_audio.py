@@ -14,25 +14,14 @@ from stt_daemon.audio import SAMPLE_RATE, AudioError, decode
 from stt_daemon.protocol import ErrorCode
 
 
+def _silence(path: Path, seconds: int) -> None:
+    """Digital silence (no dither) from sox, in the format the suffix names."""
+    command = f"sox -D -n -r 16000 -c 1 -b 16 {path} trim 0 {seconds}".split()
+    subprocess.run(command, check=True)
+
+
 def _silence_flac(path: Path, seconds: int, hide_length: bool) -> Path:
-    subprocess.run(
-        [
-            "sox",
-            "-D",
-            "-n",
-            "-r",
-            "16000",
-            "-c",
-            "1",
-            "-b",
-            "16",
-            str(path),
-            "trim",
-            "0",
-            str(seconds),
-        ],
-        check=True,
-    )
+    _silence(path, seconds)
     if hide_length:
         # Zero STREAMINFO's 36-bit total-samples field: the length is then unknown
         # until decoded, which is exactly what a decompression bomb relies on.
@@ -73,24 +62,7 @@ def test_bomb_with_hidden_length_stops_at_the_limit_with_bounded_memory(tmp_path
 
 
 def _wav_with_data_size(path: Path, seconds: int, size: int) -> Path:
-    subprocess.run(
-        [
-            "sox",
-            "-D",
-            "-n",
-            "-r",
-            "16000",
-            "-c",
-            "1",
-            "-b",
-            "16",
-            str(path),
-            "trim",
-            "0",
-            str(seconds),
-        ],
-        check=True,
-    )
+    _silence(path, seconds)
     data = bytearray(path.read_bytes())
     at = data.find(b"data")
     data[at + 4 : at + 8] = size.to_bytes(4, "little")

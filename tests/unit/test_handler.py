@@ -198,3 +198,11 @@ async def test_cancellation_hands_the_job_back(tmp_path: Path) -> None:
     release.set()
     assert log == ["job.started", "nack(requeue=True)"]
     assert handler.counts["handed_back"] == 1
+
+
+async def test_a_failure_that_cannot_be_reported_is_handed_back(tmp_path: Path) -> None:
+    log: list[str] = []
+    handler, events = _handler(tmp_path, FakeEngine(), log)
+    events.fail_on = "job.failed"
+    await handler.handle(FakeMessage(b"not audio" * 100, log))  # type: ignore[arg-type]
+    assert log == ["job.started", "nack(requeue=True)"]
