@@ -14,3 +14,5 @@ class GatewaySettings(CommonSettings):
     retry_after: int = Field(default=5, ge=1)
     #: Events the recorder may hold unacknowledged (status store write batch).
     recorder_prefetch: int = Field(default=64, ge=1)
+    #: Seconds a synchronous request (OpenAI-compatible endpoints) waits for its job.
+    sync_timeout: float = Field(default=300.0, gt=0)

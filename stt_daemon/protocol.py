@@ -18,16 +18,29 @@ SCHEMA_VERSION: Literal[1] = 1
 JSON_CONTENT_TYPE = "application/json"
 
 #: Headers an AMQP-only producer may set on a raw ``audio/*`` message body.
-INLINE_OPTION_HEADERS = ("model", "language", "task", "word_timestamps")
+INLINE_OPTION_HEADERS = (
+    "model",
+    "language",
+    "task",
+    "word_timestamps",
+    "prompt",
+    "hotwords",
+    "vad_filter",
+    "beam_size",
+    "temperature",
+    "diarize",
+    "callback_url",
+)
 
 
 class JobStatus(StrEnum):
-    """Where a job is; it only ever moves forward."""
+    """Where a job is; it only ever moves forward. Final: succeeded, failed, cancelled."""
 
     QUEUED = "queued"
     PROCESSING = "processing"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def rank(self) -> int:
@@ -36,7 +49,7 @@ class JobStatus(StrEnum):
 
     @property
     def is_final(self) -> bool:
-        """True for succeeded and failed."""
+        """True for succeeded, failed and cancelled."""
         return self.rank == 2
 
 
@@ -45,6 +58,7 @@ _RANK = {
     JobStatus.PROCESSING: 1,
     JobStatus.SUCCEEDED: 2,
     JobStatus.FAILED: 2,
+    JobStatus.CANCELLED: 2,
 }
 
 
@@ -62,6 +76,7 @@ class EventType(StrEnum):
     PROGRESS = "job.progress"
     SUCCEEDED = "job.succeeded"
     FAILED = "job.failed"
+    CANCELLED = "job.cancelled"
 
     @property
     def status(self) -> JobStatus:
@@ -71,6 +86,7 @@ class EventType(StrEnum):
             EventType.PROGRESS: JobStatus.PROCESSING,
             EventType.SUCCEEDED: JobStatus.SUCCEEDED,
             EventType.FAILED: JobStatus.FAILED,
+            EventType.CANCELLED: JobStatus.CANCELLED,
         }[self]
 
 
@@ -98,13 +114,33 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+class Diarize(StrEnum):
+    """How speakers are told apart."""
+
+    NONE = "none"
+    #: Each channel of a multi-channel recording is one speaker.
+    CHANNELS = "channels"
+
+
 class JobOptions(_Wire):
-    """How to transcribe."""
+    """How to transcribe. Every field is optional; Whisper's defaults apply when absent."""
 
     model: str = "tiny.en"
+    #: ISO 639-1 code; absent = detect (reported with its probability).
     language: str | None = Field(default=None, min_length=2, max_length=8)
     task: Task = Task.TRANSCRIBE
     word_timestamps: bool = False
+    #: Initial prompt: spelling, names, style of the previous context.
+    prompt: str | None = Field(default=None, max_length=2000)
+    #: Words or phrases to favour (comma-separated), e.g. product names.
+    hotwords: str | None = Field(default=None, max_length=1000)
+    #: Skip silence with Silero VAD before decoding.
+    vad_filter: bool = False
+    beam_size: int | None = Field(default=None, ge=1, le=10)
+    temperature: float | None = Field(default=None, ge=0.0, le=1.0)
+    diarize: Diarize = Diarize.NONE
+    #: Where the gateway POSTs the final result (signed); see the README.
+    callback_url: str | None = Field(default=None, max_length=2000, pattern=r"^https?://")
 
 
 class AudioRef(_Wire):
@@ -158,6 +194,8 @@ class Segment(_Wire):
     end: float
     text: str
     words: list[Word] | None = None
+    #: With ``diarize=channels``: who spoke (``channel_0``, ``channel_1``...).
+    speaker: str | None = None
 
 
 class TranscriptResult(_Wire):
@@ -192,6 +230,9 @@ class JobEvent(_Wire):
     progress: float | None = Field(default=None, ge=0.0, le=1.0)
     result: TranscriptResult | None = None
     error: ErrorInfo | None = None
+    #: The job's options, on final events: consumers (webhooks, outside producers'
+    #: jobs in the status store) need them without a lookup.
+    options: JobOptions | None = None
 
     @property
     def status(self) -> JobStatus:
@@ -218,8 +259,9 @@ def _inline_options(headers: Mapping[str, Any]) -> dict[str, Any]:
         value = _header_str(headers, name)
         if value is not None:
             options[name] = value
-    if "word_timestamps" in options:
-        options["word_timestamps"] = options["word_timestamps"].lower() in {"1", "true", "yes"}
+    for flag in ("word_timestamps", "vad_filter"):
+        if flag in options:
+            options[flag] = options[flag].lower() in {"1", "true", "yes"}
     return options
 
 

@@ -30,6 +30,7 @@ _STATUS = {
     JobStatus.PROCESSING: "pending",
     JobStatus.SUCCEEDED: "finished",
     JobStatus.FAILED: "failed",
+    JobStatus.CANCELLED: "failed",
 }
 
 
@@ -58,8 +59,8 @@ async def result(task_id: str, services: ServicesDep) -> JSONResponse:
     record = await services.job_or_404(task_id, INVALID_ID)
     if record.status is JobStatus.SUCCEEDED and record.result is not None:
         return JSONResponse({"result": record.result.text})
-    if record.status is JobStatus.FAILED:
-        reason = record.error.message if record.error else "unknown reason"
+    if record.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        reason = record.error.message if record.error else "cancelled"
         return JSONResponse({"error": reason}, status_code=400)
     raise HTTPException(400, "Task has not finished yet")
 

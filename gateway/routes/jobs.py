@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel
 
+from gateway.formats import MEDIA_TYPES, ResultFormat, render
 from gateway.services import ServicesDep
 from gateway.store import JobRecord
 from gateway.uploads import receive_upload
@@ -75,17 +76,27 @@ async def get_job(job_id: str, services: ServicesDep) -> JobView:
     return JobView.of(await services.job_or_404(job_id))
 
 
-@router.get("/{job_id}/result", response_model=TranscriptResult)
-async def get_result(job_id: str, services: ServicesDep) -> TranscriptResult:
-    """The transcript: text, language, duration, segments (and words when asked)."""
+@router.get(
+    "/{job_id}/result",
+    response_model=TranscriptResult,
+    responses={200: {"content": {t: {} for t in set(MEDIA_TYPES.values())}}},
+)
+async def get_result(
+    job_id: str, services: ServicesDep, format: ResultFormat = ResultFormat.JSON
+) -> Response:
+    """The transcript: ``json`` (default: text, language, duration, segments, words when
+    asked), ``verbose_json``, ``text``, ``srt``, ``vtt`` or ``tsv``."""
     record = await services.job_or_404(job_id)
     if record.status is JobStatus.FAILED:
         reason = record.error.message if record.error else "unknown reason"
         raise HTTPException(409, f"job failed: {reason}")
+    if record.status is JobStatus.CANCELLED:
+        raise HTTPException(409, "job was cancelled")
     if record.result is None:
         raise HTTPException(
             409,
             f"job is {record.status.value}; the result is not ready yet (progress "
             f"{record.progress:.0%})",
         )
-    return record.result
+    body, media_type = render(record.result, format)
+    return Response(body, media_type=media_type)
