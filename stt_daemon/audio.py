@@ -37,8 +37,12 @@ class AudioError(Exception):
         self.code = code
 
 
-def decode(source: str | Path | BinaryIO, max_seconds: float) -> Audio:
-    """Decode the first audio track to 16 kHz mono float32, refusing more than max_seconds."""
+def decode(source: str | Path | BinaryIO, max_seconds: float, keep_channels: bool = False) -> Audio:
+    """Decode the first audio track to 16 kHz float32, refusing more than max_seconds.
+
+    Mono (shape ``(samples,)``) by default; with ``keep_channels`` one row per
+    channel (shape ``(channels, samples)``), for per-channel speakers.
+    """
     limit = int(max_seconds * SAMPLE_RATE)
     try:
         container = av.open(
@@ -57,10 +61,11 @@ def decode(source: str | Path | BinaryIO, max_seconds: float) -> Audio:
         # Headers can lie, so the count below is what really enforces the limit.
         if container.duration is not None and container.duration / 1e6 > max_seconds + 1:
             raise _too_long(max_seconds)
-        chunks = _decode_stream(container, stream, limit, max_seconds)
+        layout = stream.layout.name if keep_channels else "mono"
+        chunks = _decode_stream(container, stream, limit, max_seconds, layout)
     if not chunks:
         raise AudioError("no audio could be decoded (empty or truncated file)")
-    return np.concatenate(chunks).astype(np.float32) / 32768.0
+    return np.concatenate(chunks, axis=-1).astype(np.float32) / 32768.0
 
 
 def _decode_stream(
@@ -68,8 +73,11 @@ def _decode_stream(
     stream: av.AudioStream,
     limit: int,
     max_seconds: float,
+    layout: str,
 ) -> list[npt.NDArray[np.int16]]:
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    mono = layout == "mono"
+    # Planar output for several channels: to_ndarray() then gives one row each.
+    resampler = av.AudioResampler(format="s16" if mono else "s16p", layout=layout, rate=SAMPLE_RATE)
     chunks: list[npt.NDArray[np.int16]] = []
     total = 0
     # ``None`` at the end flushes the resampler. Frames are pulled one by one so
@@ -78,8 +86,9 @@ def _decode_stream(
     try:
         for frame in frames:
             for out in resampler.resample(frame):
-                samples: npt.NDArray[np.int16] = out.to_ndarray().reshape(-1)  # type: ignore[assignment]
-                total += samples.shape[0]
+                array = out.to_ndarray()
+                samples: npt.NDArray[np.int16] = array.reshape(-1) if mono else array  # type: ignore[assignment]
+                total += samples.shape[-1]
                 if total > limit:
                     raise _too_long(max_seconds)
                 chunks.append(samples)

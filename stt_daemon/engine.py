@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from stt_daemon.audio import SAMPLE_RATE, Audio
 from stt_daemon.models import ModelRef
@@ -73,6 +73,22 @@ class WhisperEngine:
             num_workers=workers,
         )
 
+    def _whisper_kwargs(self, options: JobOptions) -> dict[str, Any]:
+        """faster-whisper's arguments for a job; only what the job set overrides the defaults."""
+        kwargs: dict[str, Any] = {
+            "language": options.language,
+            "task": options.task.value,
+            "word_timestamps": options.word_timestamps,
+            "beam_size": options.beam_size or self._beam_size,
+            "initial_prompt": options.prompt,
+            "hotwords": options.hotwords,
+            "vad_filter": options.vad_filter,
+        }
+        if options.temperature is not None:
+            # One temperature, as asked: no fallback to other temperatures.
+            kwargs["temperature"] = options.temperature
+        return kwargs
+
     def transcribe(
         self,
         audio: Audio,
@@ -81,13 +97,7 @@ class WhisperEngine:
         cancelled: threading.Event,
     ) -> TranscriptResult:
         """Transcribe, reporting progress per segment and stopping early when cancelled."""
-        segments_iter, info = self._model.transcribe(
-            audio,
-            language=options.language,
-            task=options.task.value,
-            word_timestamps=options.word_timestamps,
-            beam_size=self._beam_size,
-        )
+        segments_iter, info = self._model.transcribe(audio, **self._whisper_kwargs(options))
         duration = audio.shape[0] / SAMPLE_RATE
         segments: list[Segment] = []
         for seg in segments_iter:

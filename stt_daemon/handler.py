@@ -20,13 +20,15 @@ from typing import Any
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from stt_daemon.audio import Audio, AudioError, decode
+from stt_daemon.audio import SAMPLE_RATE, Audio, AudioError, decode
 from stt_daemon.blobs import BlobError, BlobStore
 from stt_daemon.config import DaemonSettings
+from stt_daemon.diarize import transcribe_channels
 from stt_daemon.engine import Engine, JobCancelled
 from stt_daemon.events import EventPublisher
 from stt_daemon.protocol import (
     DecodeError,
+    Diarize,
     ErrorCode,
     ErrorInfo,
     EventType,
@@ -172,10 +174,17 @@ class JobHandler:
         mark = timings.started
         audio = await asyncio.to_thread(self._load_audio, job)
         mark = timings.mark("decode_s", mark)
-        timings.marks["audio_s"] = round(audio.shape[0] / 16000, 3)
+        timings.marks["audio_s"] = round(audio.shape[-1] / SAMPLE_RATE, 3)
         progress = self._progress_reporter(job, attempt)
         try:
-            result = await asyncio.to_thread(engine.transcribe, audio, options, progress, cancelled)
+            if audio.ndim == 2:
+                result = await asyncio.to_thread(
+                    transcribe_channels, engine, audio, options, progress, cancelled
+                )
+            else:
+                result = await asyncio.to_thread(
+                    engine.transcribe, audio, options, progress, cancelled
+                )
         except JobCancelled:
             raise asyncio.CancelledError from None
         timings.mark("transcribe_s", mark)
@@ -184,15 +193,20 @@ class JobHandler:
     def _load_audio(self, job: InboundJob) -> Audio:
         """Fetch, verify and decode (blocking; runs in a thread)."""
         limit = self._settings.max_audio_seconds
+        per_channel = job.message.options.diarize is Diarize.CHANNELS
         try:
             if job.inline_audio is not None:
-                return decode(io.BytesIO(job.inline_audio), limit)
-            assert job.message.audio is not None  # decode_job guarantees one or the other
-            return decode(self._blobs.verified_path(job.message.audio), limit)
+                audio = decode(io.BytesIO(job.inline_audio), limit, per_channel)
+            else:
+                assert job.message.audio is not None  # decode_job guarantees one or the other
+                audio = decode(self._blobs.verified_path(job.message.audio), limit, per_channel)
         except AudioError as exc:
             raise PermanentError(exc.code, str(exc)) from None
         except BlobError as exc:
             raise PermanentError(exc.code, str(exc)) from None
+        if per_channel and audio.ndim == 1:
+            audio = audio.reshape(1, -1)  # a mono file is one speaker
+        return audio
 
     def _progress_reporter(self, job: InboundJob, attempt: int) -> Callable[[float], None]:
         """A thread-safe callback that publishes throttled ``job.progress`` events."""
@@ -218,6 +232,8 @@ class JobHandler:
             log.debug("progress.not_published", error=str(exc))
 
     def _event(self, job: InboundJob, kind: EventType, attempt: int, **fields: Any) -> JobEvent:
+        if kind.status.is_final:
+            fields["options"] = job.message.options
         return JobEvent(
             event=kind,
             job_id=job.job_id,

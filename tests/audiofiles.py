@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import wave
 from fractions import Fraction
 from pathlib import Path
 
@@ -68,3 +69,24 @@ def repeated(source: Path, times: int, out: Path) -> Path:
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             container.mux(packet)
     return out
+
+
+def two_speakers(left: Path, right: Path, out: Path, gap: float = 1.0) -> tuple[float, float]:
+    """A stereo WAV: ``left`` speaks on channel 0, then ``right`` on channel 1.
+
+    Returns the second speaker's start and end, in seconds.
+    """
+    first = decode(left, max_seconds=3600)
+    second = decode(right, max_seconds=3600)
+    start = first.shape[0] + int(gap * 16000)
+    total = start + second.shape[0]
+    channels = np.zeros((2, total), dtype=np.float32)
+    channels[0, : first.shape[0]] = first
+    channels[1, start:] = second
+    pcm = (np.clip(channels.T, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(out), "wb") as wav:
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(pcm.tobytes())
+    return start / 16000, total / 16000

@@ -45,6 +45,8 @@ def advance(record: JobRecord | None, event: JobEvent) -> JobRecord | None:
     record.status = new
     record.updated_at = event.timestamp
     record.model = record.model or event.model
+    if record.options is None and event.options is not None:
+        record.options = event.options.model_dump(mode="json")
     if event.attempt is not None:
         record.attempts = max(record.attempts, event.attempt)
     record.worker = event.worker or record.worker
