@@ -9,10 +9,12 @@ import structlog
 from fastapi import FastAPI
 
 from gateway.broker import BrokerLink
+from gateway.callbacks import CallbackSender
 from gateway.config import GatewaySettings
 from gateway.errors import install_error_handlers
+from gateway.fleet import Fleet
 from gateway.recorder import Recorder
-from gateway.routes import compat, health, jobs
+from gateway.routes import compat, health, jobs, models, openai
 from gateway.services import Services
 from gateway.store import open_store
 from stt_daemon import __version__
@@ -35,11 +37,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         recorder_link = BrokerLink(settings, role="recorder")
         recorder = Recorder(store, settings.names, settings.recorder_prefetch)
         recorder_link.on_connected(recorder.start)
+        fleet = Fleet(settings.names)
+        recorder_link.on_connected(fleet.start)
+        callbacks = _callback_sender(settings)
+        if callbacks is not None:
+            recorder_link.on_connected(callbacks.start)
         app.state.services = Services(
             settings=settings,
             blobs=BlobStore(settings.resolved_blob_url),
             store=store,
             broker=publisher,
+            fleet=fleet,
         )
         publisher.start()
         recorder_link.start()
@@ -54,6 +62,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         finally:
             await publisher.close()
             await recorder_link.close()
+            if callbacks is not None:
+                await callbacks.close()
             await store.close()
             log.info("gateway.stopped", events_recorded=recorder.applied)
 
@@ -67,7 +77,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(compat.router)
+    app.include_router(openai.router)
+    app.include_router(models.router)
     return app
+
+
+def _callback_sender(settings: GatewaySettings) -> CallbackSender | None:
+    if settings.callback_secret is None:
+        log.info("callbacks.disabled", reason="STT_CALLBACK_SECRET is not set")
+        return None
+    return CallbackSender(
+        settings.names,
+        settings.callback_secret.get_secret_value().encode(),
+        max_attempts=settings.callback_max_attempts,
+        backoff=settings.callback_backoff,
+    )
 
 
 def app_from_env() -> FastAPI:

@@ -18,7 +18,7 @@ from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
 from pamqp.commands import Basic
 
 from gateway.config import GatewaySettings
-from stt_daemon.protocol import JSON_CONTENT_TYPE, JobMessage
+from stt_daemon.protocol import JSON_CONTENT_TYPE, CancelRequest, JobMessage
 from stt_daemon.topology import Topology, declare_topology
 
 log = structlog.get_logger("gateway.broker")
@@ -135,6 +135,22 @@ class BrokerLink:
                 # reject-publish overflow: the queue is at STT_MAX_QUEUED.
                 raise QueueFull(job.options.model) from None
             raise BrokerUnavailable(f"broker refused the job: {exc}") from None
+        except (TimeoutError, AMQPError, ConnectionError, RuntimeError) as exc:
+            raise BrokerUnavailable(f"publish failed: {type(exc).__name__}") from None
+
+    async def publish_cancel(self, request: CancelRequest) -> None:
+        """Publish a cancellation to the control exchange (its stream keeps it a day)."""
+        if not self.ready or self.topology is None or self.topology.control_exchange is None:
+            raise BrokerUnavailable("the message broker is not reachable")
+        message = aio_pika.Message(
+            request.model_dump_json().encode(),
+            content_type=JSON_CONTENT_TYPE,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=f"{request.job_id}:cancel",
+        )
+        try:
+            async with asyncio.timeout(self._settings.publish_timeout):
+                await self.topology.control_exchange.publish(message, routing_key="job.cancel")
         except (TimeoutError, AMQPError, ConnectionError, RuntimeError) as exc:
             raise BrokerUnavailable(f"publish failed: {type(exc).__name__}") from None
 

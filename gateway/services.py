@@ -12,9 +12,19 @@ from starlette.requests import HTTPConnection
 
 from gateway.broker import BrokerLink, BrokerUnavailable, QueueFull, UnroutableJob
 from gateway.config import GatewaySettings
+from gateway.fleet import Fleet
 from gateway.store import JobRecord, StatusStore
 from stt_daemon.blobs import BlobStore, BlobWriter
-from stt_daemon.protocol import JobMessage, JobOptions, JobStatus
+from stt_daemon.protocol import (
+    CancelRequest,
+    ErrorCode,
+    ErrorInfo,
+    EventType,
+    JobEvent,
+    JobMessage,
+    JobOptions,
+    JobStatus,
+)
 
 
 @dataclass
@@ -25,15 +35,25 @@ class Services:
     blobs: BlobStore
     store: StatusStore
     broker: BrokerLink
+    fleet: Fleet
+
+    def accepted_models(self) -> list[str]:
+        """Models a job may ask for: those configured here (their queues exist even
+        while no daemon runs) and those live daemons announce."""
+        configured = self.settings.model_names
+        return [*configured, *sorted(set(self.fleet.served()) - set(configured))]
 
     def job_options(self, fields: dict[str, Any]) -> JobOptions:
         """Validate the job options of a request (400/422 with a clear message)."""
         model = fields.get("model") or self.settings.model_names[0]
-        if model not in self.settings.model_names:
-            served = ", ".join(self.settings.model_names)
+        accepted = self.accepted_models()
+        if model not in accepted:
+            served = ", ".join(accepted)
             raise HTTPException(400, f"unknown model {model!r}; models served here: {served}")
         raw = {k: v for k, v in fields.items() if k in JobOptions.model_fields and v != ""}
         raw["model"] = model
+        if raw.get("callback_url") and self.settings.callback_secret is None:
+            raise HTTPException(400, "callback_url needs STT_CALLBACK_SECRET set on the gateway")
         try:
             return JobOptions.model_validate(raw)
         except ValidationError as exc:
@@ -70,6 +90,19 @@ class Services:
             self.blobs.delete(ref.url)
             raise
         return record
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a job that is not final yet: daemons skip it, or stop it if it runs."""
+        record = await self.job_or_404(job_id)
+        if record.status.is_final:
+            raise HTTPException(409, f"job is already {record.status.value}")
+        # Broker first: if the daemons cannot be told, nothing changes (503).
+        await self.broker.publish_cancel(CancelRequest(job_id=job_id))
+        error = ErrorInfo(code=ErrorCode.CANCELLED, message="cancelled on request")
+        await self.store.apply(
+            JobEvent(event=EventType.CANCELLED, job_id=job_id, model=record.model, error=error)
+        )
+        return await self.job_or_404(job_id)
 
     async def job_or_404(self, job_id: str, detail: str = "job not found") -> JobRecord:
         """The job, or a 404."""

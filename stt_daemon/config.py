@@ -43,6 +43,8 @@ class CommonSettings(BaseSettings):
     publish_timeout: float = Field(default=10.0, gt=0)
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
+    #: Seconds between two announcements of a daemon; three missed = gone.
+    announce_interval: float = Field(default=5.0, gt=0)
 
     @field_validator("models", mode="before")
     @classmethod

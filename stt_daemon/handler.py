@@ -23,6 +23,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from stt_daemon.audio import SAMPLE_RATE, Audio, AudioError, decode
 from stt_daemon.blobs import BlobError, BlobStore
 from stt_daemon.config import DaemonSettings
+from stt_daemon.control import Cancellations
 from stt_daemon.diarize import transcribe_channels
 from stt_daemon.engine import Engine, JobCancelled
 from stt_daemon.events import EventPublisher
@@ -87,12 +88,20 @@ class JobHandler:
         engines: Mapping[str, Engine],
         blobs: BlobStore,
         events: EventPublisher,
+        cancellations: Cancellations | None = None,
     ) -> None:
         self._settings = settings
         self._engines = engines
         self._blobs = blobs
         self._events = events
-        self.counts: dict[str, int] = {"succeeded": 0, "failed": 0, "retried": 0, "handed_back": 0}
+        self._cancellations = cancellations or Cancellations()
+        self.counts: dict[str, int] = {
+            "succeeded": 0,
+            "failed": 0,
+            "cancelled": 0,
+            "retried": 0,
+            "handed_back": 0,
+        }
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         """Process one delivery to the end: exactly one of ack, reject or requeue."""
@@ -140,8 +149,23 @@ class JobHandler:
         await self._run(message, job, attempt)
 
     async def _run(self, message: AbstractIncomingMessage, job: InboundJob, attempt: int) -> None:
+        if self._cancellations.is_cancelled(job.job_id):
+            await self._cancel(message, job, attempt)  # cancelled while queued: skip it
+            return
+        cancelled = self._cancellations.running(job.job_id)
+        try:
+            await self._attempt(message, job, attempt, cancelled)
+        finally:
+            self._cancellations.finished(job.job_id)
+
+    async def _attempt(
+        self,
+        message: AbstractIncomingMessage,
+        job: InboundJob,
+        attempt: int,
+        cancelled: threading.Event,
+    ) -> None:
         timings = Timings()
-        cancelled = threading.Event()
         try:
             await self._emit(job, EventType.STARTED, attempt)
             result = await self._transcribe(job, attempt, timings, cancelled)
@@ -151,6 +175,8 @@ class JobHandler:
             self._log_done(job, "succeeded", attempt, timings, result)
         except PermanentError as exc:
             await self._fail(message, job, attempt, ErrorInfo(code=exc.code, message=str(exc)))
+        except JobCancelled:
+            await self._cancel(message, job, attempt)
         except asyncio.CancelledError:
             # Shutdown deadline: stop the worker thread and hand the job back intact.
             cancelled.set()
@@ -176,17 +202,14 @@ class JobHandler:
         mark = timings.mark("decode_s", mark)
         timings.marks["audio_s"] = round(audio.shape[-1] / SAMPLE_RATE, 3)
         progress = self._progress_reporter(job, attempt)
-        try:
-            if audio.ndim == 2:
-                result = await asyncio.to_thread(
-                    transcribe_channels, engine, audio, options, progress, cancelled
-                )
-            else:
-                result = await asyncio.to_thread(
-                    engine.transcribe, audio, options, progress, cancelled
-                )
-        except JobCancelled:
-            raise asyncio.CancelledError from None
+        # JobCancelled from the thread means a user cancelled the job: at shutdown the
+        # task itself is cancelled first, and the thread's late exception is dropped.
+        if audio.ndim == 2:
+            result = await asyncio.to_thread(
+                transcribe_channels, engine, audio, options, progress, cancelled
+            )
+        else:
+            result = await asyncio.to_thread(engine.transcribe, audio, options, progress, cancelled)
         timings.mark("transcribe_s", mark)
         return result
 
@@ -267,6 +290,16 @@ class JobHandler:
             await self._events.reply(final, message.reply_to, message.correlation_id)
         except Exception as exc:
             log.warning("reply.not_sent", reply_to=message.reply_to, error=str(exc))
+
+    async def _cancel(
+        self, message: AbstractIncomingMessage, job: InboundJob, attempt: int
+    ) -> None:
+        """A cancelled job: reported and acked (not dead-lettered: nothing went wrong)."""
+        info = ErrorInfo(code=ErrorCode.CANCELLED, message="cancelled on request")
+        final = self._event(job, EventType.CANCELLED, attempt, error=info)
+        await self._finish(message, job, final, ack=True)
+        self.counts["cancelled"] += 1
+        log.info("job.done", status="cancelled", model=job.message.options.model, attempt=attempt)
 
     async def _fail(
         self, message: AbstractIncomingMessage, job: InboundJob, attempt: int, error: ErrorInfo

@@ -100,6 +100,7 @@ class ErrorCode(StrEnum):
     CHECKSUM_MISMATCH = "checksum_mismatch"
     UNKNOWN_MODEL = "unknown_model"
     TOO_MANY_ATTEMPTS = "too_many_attempts"
+    CANCELLED = "cancelled"
     INTERNAL = "internal"
 
 
@@ -238,6 +239,28 @@ class JobEvent(_Wire):
     def status(self) -> JobStatus:
         """The job status this event reports."""
         return self.event.status
+
+
+class DaemonAnnouncement(_Wire):
+    """A daemon saying it is alive and what it serves (``daemon.up`` / ``daemon.down``)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    worker: str
+    models: list[str]
+    prefetch: int
+    in_flight: int = 0
+    state: Literal["up", "down"] = "up"
+    #: Seconds until the next announcement; silence for three of them means gone.
+    interval: float
+    timestamp: datetime = Field(default_factory=utcnow)
+
+
+class CancelRequest(_Wire):
+    """Ask the daemons to skip (queued) or stop (running) a job."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: str
+    timestamp: datetime = Field(default_factory=utcnow)
 
 
 class DecodeError(Exception):

@@ -62,6 +62,21 @@ class Names:
         """The status store's queue on the results exchange (shared by all gateways)."""
         return f"{self.prefix}.recorder"
 
+    @property
+    def callbacks_queue(self) -> str:
+        """The webhook sender's queue on the results exchange (shared by all gateways)."""
+        return f"{self.prefix}.callbacks"
+
+    @property
+    def control_exchange(self) -> str:
+        """Topic exchange for gateways and daemons: daemon.*, gateway.*, job.cancel."""
+        return f"{self.prefix}.control"
+
+    @property
+    def cancel_stream(self) -> str:
+        """Stream of cancellations, kept a day, read from the start by every daemon."""
+        return f"{self.prefix}.cancellations"
+
 
 @dataclass(frozen=True)
 class QueueLimits:
@@ -90,6 +105,7 @@ class Topology:
     names: Names
     jobs_exchange: AbstractExchange
     results_exchange: AbstractExchange
+    control_exchange: AbstractExchange | None = None
     job_queues: dict[str, AbstractQueue] = field(default_factory=dict)
     dead_queue: AbstractQueue | None = None
     recorder_queue: AbstractQueue | None = None
@@ -144,4 +160,16 @@ async def declare_topology(
     )
     await recorder.bind(results_exchange, routing_key="job.#")
     topology.recorder_queue = recorder
+
+    topology.control_exchange = await channel.declare_exchange(
+        names.control_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    # A stream, not a queue: every daemon reads all of it (a daemon started after
+    # a cancellation must still skip that job), and it trims itself by age.
+    cancellations = await channel.declare_queue(
+        names.cancel_stream,
+        durable=True,
+        arguments={"x-queue-type": "stream", "x-max-age": "1D"},
+    )
+    await cancellations.bind(topology.control_exchange, routing_key="job.cancel")
     return topology

@@ -12,6 +12,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustC
 
 from stt_daemon.blobs import BlobStore
 from stt_daemon.config import DaemonSettings
+from stt_daemon.control import Cancellations, ControlPlane
 from stt_daemon.engine import Engine
 from stt_daemon.events import EventPublisher
 from stt_daemon.handler import JobHandler
@@ -69,13 +70,25 @@ class Daemon:
             events = EventPublisher(
                 publish_channel, topology.results_exchange, settings.publish_timeout
             )
+            cancellations = Cancellations()
             handler = JobHandler(
-                settings, self._engines, BlobStore(settings.resolved_blob_url), events
+                settings,
+                self._engines,
+                BlobStore(settings.resolved_blob_url),
+                events,
+                cancellations,
             )
+            control = ControlPlane(
+                settings, list(self._engines), lambda: len(self._tasks), cancellations
+            )
+            assert topology.control_exchange is not None
+            await control.start(await consume_conn.channel(), topology.control_exchange)
+            await control.caught_up()
             await self._start_consumers(consume_conn, handler)
             log.info("daemon.ready", models=list(self._engines), prefetch=settings.prefetch)
             await self._stop.wait()
             await self._shutdown(handler)
+            await control.stop()
         finally:
             # Closed last so heartbeats keep flowing while in-flight jobs finish.
             await consume_conn.close()

@@ -201,15 +201,13 @@ class Gateway:
         return body
 
     async def wait_final(self, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
-        """Poll /v1/jobs/{id} until the job is succeeded or failed."""
+        """Poll /v1/jobs/{id} until the job is final (succeeded, failed or cancelled)."""
         deadline = time.monotonic() + timeout
         async with self.client() as client:
             while time.monotonic() < deadline:
                 response = await client.get(f"/v1/jobs/{job_id}")
-                if response.status_code == 200 and response.json()["status"] in (
-                    "succeeded",
-                    "failed",
-                ):
+                final = ("succeeded", "failed", "cancelled")
+                if response.status_code == 200 and response.json()["status"] in final:
                     body: dict[str, Any] = response.json()
                     return body
                 await asyncio.sleep(0.2)

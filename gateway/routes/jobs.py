@@ -70,6 +70,14 @@ async def create_job(request: Request, response: Response, services: ServicesDep
     return JobView.of(record)
 
 
+@router.delete("/{job_id}", response_model=JobView)
+async def cancel_job(job_id: str, services: ServicesDep) -> JobView:
+    """Cancel a job: a queued one is skipped by the daemons, a running one stopped
+    (best effort: one about to finish may still finish, but stays cancelled here).
+    409 if the job is already final."""
+    return JobView.of(await services.cancel(job_id))
+
+
 @router.get("/{job_id}", response_model=JobView)
 async def get_job(job_id: str, services: ServicesDep) -> JobView:
     """Status, timestamps, progress and error of a job."""

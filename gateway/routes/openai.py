@@ -1,0 +1,317 @@
+"""OpenAI-compatible synchronous endpoints: ``/v1/audio/transcriptions`` and ``/translations``.
+
+Each request is an ordinary job: the upload streams to the blob store, the job goes through
+the broker like any other, and the request waits (up to ``STT_SYNC_TIMEOUT``) until the
+recorder has seen it final. Errors take OpenAI's shape, ``{"error": {"message", "type",
+"param", "code"}}``, so that the official clients raise their usual exceptions; the rest of
+the gateway keeps ``{"detail": ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+
+from gateway.broker import BrokerUnavailable, QueueFull, UnroutableJob
+from gateway.errors import QUEUE_FULL_DETAIL
+from gateway.formats import ResultFormat, render, to_verbose_json
+from gateway.services import Services, ServicesDep
+from gateway.store import JobRecord
+from gateway.uploads import receive_upload
+from stt_daemon.protocol import ErrorCode, JobOptions, JobStatus, Task, TranscriptResult
+
+router = APIRouter(prefix="/v1/audio", tags=["openai"])
+log = structlog.get_logger("gateway.openai")
+
+#: Model names OpenAI clients send (``whisper-1``, ``gpt-4o-transcribe``...): "the default model".
+OPENAI_MODEL_NAMES = frozenset({"whisper-1"})
+OPENAI_MODEL_PREFIX = "gpt-"
+#: Options of ours a client may add to OpenAI's form (the Python client's ``extra_body``).
+EXTRA_OPTIONS = ("hotwords", "vad_filter", "beam_size")
+#: Job failures caused by the upload itself: the client's fault, a 400.
+CLIENT_ERRORS = frozenset({ErrorCode.BAD_AUDIO, ErrorCode.AUDIO_TOO_LONG})
+POLL_INTERVAL = 0.1
+JOB_ID_HEADER = "X-Job-Id"
+
+
+class Granularity(StrEnum):
+    """OpenAI's ``timestamp_granularities[]`` values."""
+
+    WORD = "word"
+    SEGMENT = "segment"
+
+
+class OpenAIError(Exception):
+    """An error answered in OpenAI's shape.
+
+    ``retry=False`` sends ``x-should-retry: false``: the official clients otherwise retry
+    409 and 5xx, and each retry would upload and transcribe the audio again.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry: bool | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+        if retry is not None:
+            self.headers["x-should-retry"] = "true" if retry else "false"
+
+    def response(self) -> JSONResponse:
+        """The JSON response OpenAI would send."""
+        kind = "server_error" if self.status >= 500 else "invalid_request_error"
+        error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
+        return JSONResponse({"error": error}, status_code=self.status, headers=self.headers)
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    """What an OpenAI form asks for: the job's options and how to answer."""
+
+    fields: dict[str, Any]
+    response_format: ResultFormat
+    granularities: frozenset[Granularity]
+
+
+def parse_form(form: Mapping[str, str], task: Task, default_model: str) -> SyncRequest:
+    """Translate OpenAI's form fields into our job fields (validated later by job_options)."""
+    if form.get("stream", "").lower() in {"true", "1"}:
+        raise OpenAIError(400, "streaming is not supported here", param="stream")
+    raw_format = form.get("response_format") or ResultFormat.JSON.value
+    try:
+        response_format = ResultFormat(raw_format)
+    except ValueError:
+        allowed = ", ".join(f.value for f in ResultFormat)
+        raise OpenAIError(
+            400, f"response_format must be one of {allowed}", param="response_format"
+        ) from None
+    granularities = _granularities(form)
+    if granularities and response_format is not ResultFormat.VERBOSE_JSON:
+        raise OpenAIError(
+            400,
+            "timestamp_granularities requires response_format=verbose_json",
+            param="timestamp_granularities",
+        )
+    model = form.get("model", "")
+    if model in OPENAI_MODEL_NAMES or model.startswith(OPENAI_MODEL_PREFIX):
+        model = default_model
+    fields: dict[str, Any] = {"model": model, "task": task.value}
+    names = ["prompt", *EXTRA_OPTIONS]
+    if task is Task.TRANSCRIBE:
+        # Translations have no language in OpenAI's API: the source language is detected.
+        names.append("language")
+    fields |= {name: form[name] for name in names if name in form}
+    temperature = form.get("temperature")
+    if temperature and not _is_zero(temperature):
+        # OpenAI's 0 means "Whisper's fallback schedule", which is what an unset temperature does.
+        fields["temperature"] = temperature
+    if Granularity.WORD in granularities:
+        fields["word_timestamps"] = True
+    return SyncRequest(fields, response_format, granularities)
+
+
+def _granularities(form: Mapping[str, str]) -> frozenset[Granularity]:
+    # The official clients send ``timestamp_granularities[]``; a comma list is accepted too.
+    raw = form.get("timestamp_granularities[]") or form.get("timestamp_granularities") or ""
+    values = [v.strip() for v in raw.split(",") if v.strip()]
+    try:
+        return frozenset(Granularity(v) for v in values)
+    except ValueError:
+        raise OpenAIError(
+            400,
+            f"timestamp_granularities must be word and/or segment, not {raw!r}",
+            param="timestamp_granularities",
+        ) from None
+
+
+def _is_zero(value: str) -> bool:
+    try:
+        return float(value) == 0
+    except ValueError:
+        return False  # not a number: job_options reports it
+
+
+def render_result(
+    result: TranscriptResult, fmt: ResultFormat, granularities: frozenset[Granularity]
+) -> Response:
+    """The body OpenAI would send for ``fmt`` (``json`` is OpenAI's ``{"text"}``, not ours)."""
+    if fmt is ResultFormat.JSON:
+        return JSONResponse({"text": result.text})
+    if fmt is ResultFormat.VERBOSE_JSON:
+        body = to_verbose_json(result)
+        # Like OpenAI: segments by default or when asked; words only when asked.
+        if granularities and Granularity.SEGMENT not in granularities:
+            body.pop("segments", None)
+        if Granularity.WORD in granularities:
+            body.setdefault("words", [])
+        else:
+            body.pop("words", None)
+        return JSONResponse(body)
+    text, media_type = render(result, fmt)
+    return Response(text, media_type=media_type)
+
+
+def failure_error(record: JobRecord) -> OpenAIError:
+    """The error for a job that ended without a result."""
+    headers = {JOB_ID_HEADER: record.id}
+    if record.status is JobStatus.CANCELLED:
+        return OpenAIError(
+            409, f"job {record.id} was cancelled", code="cancelled", retry=False, headers=headers
+        )
+    code = record.error.code if record.error else ErrorCode.INTERNAL
+    reason = record.error.message if record.error else "unknown reason"
+    if code in CLIENT_ERRORS:
+        return OpenAIError(400, reason, param="file", code=code.value, headers=headers)
+    # The daemon already retried what was worth retrying; a client retry would start over.
+    message = f"job {record.id} failed: {reason}"
+    return OpenAIError(500, message, code=code.value, retry=False, headers=headers)
+
+
+async def wait_final(services: Services, request: Request, job_id: str) -> JobRecord | None:
+    """The job once final (polling the status store); None when the client has gone."""
+    timeout = services.settings.sync_timeout
+    deadline = time.monotonic() + timeout
+    while True:
+        record = await services.store.get(job_id)
+        if record is not None and record.status.is_final:
+            return record
+        if time.monotonic() >= deadline:
+            log.warning("openai.sync_timeout", job_id=job_id, timeout=timeout)
+            raise OpenAIError(
+                504,
+                f"job {job_id} did not finish within {timeout:g} s (STT_SYNC_TIMEOUT); it "
+                f"goes on: poll /v1/jobs/{job_id} and fetch /v1/jobs/{job_id}/result",
+                code="timeout",
+                retry=False,
+                headers={JOB_ID_HEADER: job_id},
+            )
+        if await request.is_disconnected():
+            # Nobody to answer; the job goes on and its result stays fetchable.
+            log.info("openai.client_gone", job_id=job_id)
+            return None
+        await asyncio.sleep(POLL_INTERVAL)
+
+
+def _options(services: Services, fields: dict[str, Any]) -> JobOptions:
+    try:
+        return services.job_options(fields)
+    except HTTPException as exc:
+        # job_options answers 400 for an unknown model and 422 for invalid values;
+        # OpenAI answers 400 for both.
+        param = "model" if exc.status_code == 400 else None
+        code = "model_not_found" if param else None
+        raise OpenAIError(400, str(exc.detail), param=param, code=code) from None
+
+
+async def _transcribe(request: Request, services: Services, task: Task) -> Response:
+    settings = services.settings
+    upload = await receive_upload(request, services.blobs, settings.max_upload_bytes)
+    try:
+        asked = parse_form(upload.fields, task, settings.model_names[0])
+        options = _options(services, asked.fields)
+    except OpenAIError:
+        upload.discard()
+        raise
+    assert upload.blob is not None
+    record = await services.submit(
+        upload.blob, options, filename=upload.filename, content_type=upload.content_type
+    )
+    final = await wait_final(services, request, record.id)
+    if final is None:
+        return Response(status_code=499)
+    if final.status is not JobStatus.SUCCEEDED or final.result is None:
+        raise failure_error(final)
+    response = render_result(final.result, asked.response_format, asked.granularities)
+    response.headers[JOB_ID_HEADER] = final.id
+    return response
+
+
+def as_openai_error(exc: Exception, retry_after: int) -> OpenAIError:
+    """Any exception of a sync request, in OpenAI's shape (no stack trace reaches a client)."""
+    wait = {"Retry-After": str(retry_after)}
+    if isinstance(exc, OpenAIError):
+        return exc
+    if isinstance(exc, HTTPException):
+        # 422 (no file, empty file) is a 400 in OpenAI's API; 413 and 415 keep their status.
+        status = 400 if exc.status_code == 422 else exc.status_code
+        return OpenAIError(status, str(exc.detail), headers=exc.headers)
+    if isinstance(exc, QueueFull):
+        return OpenAIError(429, QUEUE_FULL_DETAIL, code="queue_full", headers=wait)
+    if isinstance(exc, BrokerUnavailable):
+        message = "the job queue is unavailable; try again shortly"
+        return OpenAIError(503, message, code="queue_unavailable", headers=wait)
+    if isinstance(exc, UnroutableJob):
+        return OpenAIError(503, f"no queue accepts jobs for model {exc}", code="unroutable")
+    return OpenAIError(500, "internal server error")
+
+
+async def _answer(request: Request, services: Services, task: Task) -> Response:
+    try:
+        return await _transcribe(request, services, task)
+    except Exception as exc:
+        if isinstance(exc, BrokerUnavailable):
+            log.warning("broker.unavailable", path=request.url.path, error=str(exc))
+        elif not isinstance(exc, OpenAIError | HTTPException | QueueFull | UnroutableJob):
+            log.exception("request.failed", path=request.url.path)
+        return as_openai_error(exc, services.settings.retry_after).response()
+
+
+def _form_schema(task: Task) -> dict[str, Any]:
+    """OpenAPI description of the form (the route reads the body itself, streaming)."""
+    string = {"type": "string"}
+    properties: dict[str, Any] = {
+        "file": {"type": "string", "format": "binary"},
+        "model": {"type": "string", "example": "whisper-1"},
+        "prompt": string,
+        "response_format": {"type": "string", "enum": [f.value for f in ResultFormat]},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+        "timestamp_granularities[]": {
+            "type": "array",
+            "items": {"type": "string", "enum": [g.value for g in Granularity]},
+        },
+    }
+    if task is Task.TRANSCRIBE:
+        properties["language"] = string
+    schema = {"type": "object", "required": ["file"], "properties": properties}
+    content = {"multipart/form-data": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+_ERROR = {"description": "OpenAI's error shape: {'error': {message, type, param, code}}"}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {}, "text/plain": {}, "text/vtt": {}}},
+    400: _ERROR,
+    429: _ERROR,
+    503: _ERROR,
+    504: _ERROR,
+}
+
+
+@router.post("/transcriptions", openapi_extra=_form_schema(Task.TRANSCRIBE), responses=_RESPONSES)
+async def create_transcription(request: Request, services: ServicesDep) -> Response:
+    """OpenAI's ``audio.transcriptions.create``: waits for the job, answers the transcript."""
+    return await _answer(request, services, Task.TRANSCRIBE)
+
+
+@router.post("/translations", openapi_extra=_form_schema(Task.TRANSLATE), responses=_RESPONSES)
+async def create_translation(request: Request, services: ServicesDep) -> Response:
+    """OpenAI's ``audio.translations.create``: speech in any language, English text."""
+    return await _answer(request, services, Task.TRANSLATE)
