@@ -50,15 +50,34 @@ class Services:
         if model not in accepted:
             served = ", ".join(accepted)
             raise HTTPException(400, f"unknown model {model!r}; models served here: {served}")
-        raw = {k: v for k, v in fields.items() if k in JobOptions.model_fields and v != ""}
+        unknown = sorted(set(fields) - set(JobOptions.model_fields))
+        if unknown:
+            # A typo (``lang``, ``word-timestamps``) must not silently mean "default".
+            known = ", ".join(JobOptions.model_fields)
+            raise HTTPException(422, f"unknown field(s) {', '.join(unknown)}; accepted: {known}")
+        raw = {k: v for k, v in fields.items() if v != ""}
         raw["model"] = model
         if raw.get("callback_url") and self.settings.callback_secret is None:
             raise HTTPException(400, "callback_url needs STT_CALLBACK_SECRET set on the gateway")
         try:
-            return JobOptions.model_validate(raw)
+            options = JobOptions.model_validate(raw)
         except ValidationError as exc:
             errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise HTTPException(422, f"invalid job options: {errors}") from None
+        self._check_language_support(options)
+        return options
+
+    def _check_language_support(self, options: JobOptions) -> None:
+        """Refuse early what the live daemons of an English-only model would refuse later."""
+        if (options.language or "en") == "en":
+            return
+        daemons = self.fleet.served().get(options.model, [])
+        if daemons and not any(options.model in d.multilingual for d in daemons):
+            raise HTTPException(
+                400,
+                f"model {options.model!r} is English-only and cannot transcribe "
+                f"language={options.language}; use a multilingual model such as 'base'",
+            )
 
     async def submit(
         self,

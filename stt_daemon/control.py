@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from stt_daemon.config import DaemonSettings
+from stt_daemon.engine import Engine
 from stt_daemon.protocol import (
     JSON_CONTENT_TYPE,
     CancelRequest,
@@ -70,12 +71,13 @@ class ControlPlane:
     def __init__(
         self,
         settings: DaemonSettings,
-        models: list[str],
+        engines: Mapping[str, Engine],
         in_flight: Callable[[], int],
         cancellations: Cancellations,
     ) -> None:
         self._settings = settings
-        self._models = models
+        self._models = list(engines)
+        self._multilingual = [name for name, engine in engines.items() if engine.multilingual]
         self._in_flight = in_flight
         self.cancellations = cancellations
         self._exchange: AbstractExchange | None = None
@@ -136,6 +138,7 @@ class ControlPlane:
         body = DaemonAnnouncement(
             worker=self._settings.worker_name,
             models=self._models,
+            multilingual=self._multilingual,
             prefetch=self._settings.prefetch,
             in_flight=self._in_flight(),
             state="down" if state == "down" else "up",

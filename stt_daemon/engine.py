@@ -27,6 +27,8 @@ class Engine(Protocol):
     """What the handler needs from a speech engine (tests substitute a fake)."""
 
     name: str
+    #: False for English-only models (``*.en``): no language detection, no translation.
+    multilingual: bool
 
     def transcribe(
         self,
@@ -72,6 +74,7 @@ class WhisperEngine:
             cpu_threads=cpu_threads,
             num_workers=workers,
         )
+        self.multilingual = bool(self._model.model.is_multilingual)
 
     def _whisper_kwargs(self, options: JobOptions) -> dict[str, Any]:
         """faster-whisper's arguments for a job; only what the job set overrides the defaults."""

@@ -35,6 +35,7 @@ from stt_daemon.protocol import (
     EventType,
     InboundJob,
     JobEvent,
+    JobOptions,
     TranscriptResult,
     decode_job,
     utcnow,
@@ -77,6 +78,20 @@ def delivery_count(message: AbstractIncomingMessage) -> int:
 def backoff(attempt: int, base: float, cap: float = 60.0) -> float:
     """Exponential backoff with full jitter (spreads retries of many jobs apart)."""
     return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+
+
+def check_supported(engine: Engine, options: JobOptions) -> None:
+    """English-only models cannot hear another language: say so rather than return garbage.
+
+    ``task=translate`` is allowed: English is all such a model writes anyway, and
+    with English speech that is the right answer.
+    """
+    if not engine.multilingual and (options.language or "en") != "en":
+        raise PermanentError(
+            ErrorCode.UNSUPPORTED,
+            f"model {engine.name!r} is English-only and cannot transcribe "
+            f"language={options.language}; use a multilingual model such as 'base'",
+        )
 
 
 class JobHandler:
@@ -197,6 +212,7 @@ class JobHandler:
                 ErrorCode.UNKNOWN_MODEL,
                 f"model {options.model!r} is not served here (serves {', '.join(self._engines)})",
             )
+        check_supported(engine, options)
         mark = timings.started
         audio = await asyncio.to_thread(self._load_audio, job)
         mark = timings.mark("decode_s", mark)

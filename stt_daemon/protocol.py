@@ -101,6 +101,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_MODEL = "unknown_model"
     TOO_MANY_ATTEMPTS = "too_many_attempts"
     CANCELLED = "cancelled"
+    UNSUPPORTED = "unsupported"
     INTERNAL = "internal"
 
 
@@ -247,6 +248,8 @@ class DaemonAnnouncement(_Wire):
     schema_version: Literal[1] = SCHEMA_VERSION
     worker: str
     models: list[str]
+    #: The models among ``models`` that detect languages and translate.
+    multilingual: list[str] = []
     prefetch: int
     in_flight: int = 0
     state: Literal["up", "down"] = "up"

@@ -78,9 +78,7 @@ class Daemon:
                 events,
                 cancellations,
             )
-            control = ControlPlane(
-                settings, list(self._engines), lambda: len(self._tasks), cancellations
-            )
+            control = ControlPlane(settings, self._engines, lambda: len(self._tasks), cancellations)
             assert topology.control_exchange is not None
             await control.start(await consume_conn.channel(), topology.control_exchange)
             await control.caught_up()

@@ -21,6 +21,7 @@ async def list_models(services: ServicesDep) -> dict[str, Any]:
             "object": "model",
             "owned_by": "stt-jobs",
             "daemons": len(daemons),
+            "multilingual": any(name in d.multilingual for d in daemons),
             "capacity": sum(d.prefetch for d in daemons),
             "in_flight": sum(d.in_flight for d in daemons),
             "queue": services.settings.names.job_queue(name),

@@ -64,6 +64,7 @@ class FakeEngine:
     """Answers instantly, or raises what it is given."""
 
     name = "tiny.en"
+    multilingual = True
 
     def __init__(self, error: Exception | None = None) -> None:
         self.error = error
@@ -206,3 +207,17 @@ async def test_a_failure_that_cannot_be_reported_is_handed_back(tmp_path: Path) 
     events.fail_on = "job.failed"
     await handler.handle(FakeMessage(b"not audio" * 100, log))  # type: ignore[arg-type]
     assert log == ["job.started", "nack(requeue=True)"]
+
+
+async def test_english_only_model_refuses_other_languages(tmp_path: Path) -> None:
+    log: list[str] = []
+    engine = FakeEngine()
+    engine.multilingual = False
+    handler, events = _handler(tmp_path, engine, log)
+    await handler.handle(FakeMessage(JFK.read_bytes(), log, headers={"language": "es"}))  # type: ignore[arg-type]
+    error = events.events[-1].error
+    assert error is not None and error.code == "unsupported" and "English-only" in error.message
+    assert engine.calls == 0
+    for headers in ({"language": "en"}, {"task": "translate"}):
+        await handler.handle(FakeMessage(JFK.read_bytes(), log, headers=headers))  # type: ignore[arg-type]
+        assert events.events[-1].event == "job.succeeded"
