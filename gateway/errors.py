@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from gateway.broker import BrokerUnavailable, QueueFull, UnroutableJob
@@ -33,7 +34,20 @@ def install_error_handlers(app: FastAPI, retry_after: int) -> None:
         )
 
     async def unroutable(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": f"no queue accepts jobs for model {exc}"}, status_code=503)
+        # Transient too: the queue appears when a daemon for the model declares it.
+        return JSONResponse(
+            {"detail": f"no queue accepts jobs for model {exc}"},
+            status_code=503,
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    async def invalid(request: Request, exc: Exception) -> JSONResponse:
+        # FastAPI's default detail is a list of objects; every other error here is a sentence.
+        assert isinstance(exc, RequestValidationError)
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return JSONResponse({"detail": f"invalid request: {problems}"}, status_code=422)
 
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("request.failed", path=request.url.path)
@@ -42,4 +56,5 @@ def install_error_handlers(app: FastAPI, retry_after: int) -> None:
     app.add_exception_handler(QueueFull, queue_full)
     app.add_exception_handler(BrokerUnavailable, unavailable)
     app.add_exception_handler(UnroutableJob, unroutable)
+    app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(Exception, internal)

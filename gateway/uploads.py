@@ -30,7 +30,11 @@ class PayloadTooLarge(HTTPException):
 
 @dataclass
 class Upload:
-    """The parsed form: small fields as text, the file as an unfinished blob."""
+    """The parsed form: small fields as text, the file as an unfinished blob.
+
+    A repeated field keeps its last value, except array fields (``name[]``),
+    whose values are joined with commas.
+    """
 
     fields: dict[str, str] = field(default_factory=dict)
     blob: BlobWriter | None = None
@@ -116,8 +120,14 @@ class _FormState:
                 raise HTTPException(413, f"form field {self._name!r} is too large")
 
     def _part_end(self) -> None:
-        if not self._is_file and not self._skip and self._name:
-            self.upload.fields[self._name] = self._buffer.decode("utf-8", "replace")
+        if self._is_file or self._skip or not self._name:
+            return
+        value = self._buffer.decode("utf-8", "replace")
+        previous = self.upload.fields.get(self._name)
+        if self._name.endswith("[]") and previous is not None:
+            # An array field (``name[]`` sent once per value): keep them all, comma-joined.
+            value = f"{previous},{value}"
+        self.upload.fields[self._name] = value
 
 
 async def receive_upload(

@@ -227,7 +227,7 @@ async def _transcribe(request: Request, services: Services, task: Task) -> Respo
     try:
         asked = parse_form(upload.fields, task, settings.model_names[0])
         options = _options(services, asked.fields)
-    except OpenAIError:
+    except Exception:
         upload.discard()
         raise
     assert upload.blob is not None
