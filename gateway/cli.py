@@ -1,0 +1,366 @@
+"""``stt``: submit audio to the gateway, follow the jobs, fetch the transcripts.
+
+Exit codes: 0 all went well; 1 a job failed or was cancelled, or the gateway refused a
+request; 2 usage errors and an unreachable gateway; 130 interrupted (the jobs go on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from gateway.client import DEFAULT_URL, Job, SttClient, SttConnectionError, SttError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: Result format -> file extension used with ``--out``.
+EXTENSIONS = {
+    "text": "txt",
+    "json": "json",
+    "verbose_json": "json",
+    "srt": "srt",
+    "vtt": "vtt",
+    "tsv": "tsv",
+}
+
+
+@dataclass
+class Submitted:
+    """One input file and its job."""
+
+    name: str
+    path: Path
+    job: Job
+
+
+def _outcome(job: Job) -> str:
+    """``failed: bad_audio: ...``, ``cancelled``: a final status with its reason."""
+    reason = job.reason
+    return job.status if reason in ("", job.status) else f"{job.status}: {reason}"
+
+
+def _say(message: str) -> None:
+    """One line for people on stderr."""
+    print(f"stt: {message}", file=sys.stderr, flush=True)
+
+
+class Progress:
+    """Per-file progress on a stream: redrawn in place on a terminal, else one line per change.
+
+    A log file or CI output then gets only ``name: status`` lines, not bar frames.
+    """
+
+    def __init__(
+        self, names: Sequence[str], stream: TextIO, *, tty: bool | None = None, bar: int = 20
+    ) -> None:
+        self.names = list(names)
+        self.stream = stream
+        if tty is None:
+            # A block taller than the screen cannot be redrawn in place: log lines then.
+            tty = stream.isatty() and len(self.names) < self._size()[1]
+        self.tty = tty
+        self.bar = bar
+        self._seen: list[str | None] = [None] * len(self.names)
+        self._drawn = 0
+        self._name_width = min(max((len(n) for n in self.names), default=4), 32)
+
+    def update(self, jobs: Sequence[Job]) -> None:
+        """Show the jobs' current state (``jobs[i]`` belongs to ``names[i]``)."""
+        if self.tty:
+            self._redraw(jobs)
+        else:
+            self._log_changes(jobs)
+        self.stream.flush()
+
+    def _log_changes(self, jobs: Sequence[Job]) -> None:
+        for i, (name, job) in enumerate(zip(self.names, jobs, strict=True)):
+            if job.status == self._seen[i]:
+                continue
+            self._seen[i] = job.status
+            if job.status == "queued":
+                line = f"{name}: queued (job {job.id})"
+            else:
+                line = f"{name}: {_outcome(job)}"
+            self.stream.write(line + "\n")
+
+    def _redraw(self, jobs: Sequence[Job]) -> None:
+        columns = self._size()[0]
+        # Never wrap: a wrapped line would throw off the cursor movement. Names shrink
+        # first, so that the bar and the status stay whole.
+        name_width = max(8, min(self._name_width, columns - 1 - (self.bar + 20)))
+        # Back to the first line of the block drawn last time, then overwrite each line.
+        parts = [f"\r\x1b[{self._drawn}A"] if self._drawn else []
+        for name, job in zip(self.names, jobs, strict=True):
+            line = self.line(name, job, name_width)[: columns - 1]
+            parts.append(f"\x1b[2K{line}\n")
+        self._drawn = len(jobs)
+        self.stream.write("".join(parts))
+
+    def line(self, name: str, job: Job, width: int | None = None) -> str:
+        """``name [#####-----]  50% processing``."""
+        width = width or self._name_width
+        if len(name) > width:
+            name = "..." + name[-(width - 3) :]
+        progress = 1.0 if job.status == "succeeded" else min(max(job.progress, 0.0), 1.0)
+        filled = round(progress * self.bar)
+        bar = "#" * filled + "-" * (self.bar - filled)
+        return f"{name:<{width}} [{bar}] {progress:4.0%} {job.status}"
+
+    def _size(self) -> tuple[int, int]:
+        """Columns and lines of the stream's own terminal (stdout may be redirected)."""
+        try:
+            columns, lines = os.get_terminal_size(self.stream.fileno())
+        except (AttributeError, OSError, ValueError):
+            columns, lines = 0, 0
+        # A pseudo-terminal with no size set says 0 by 0.
+        return (columns if columns >= 40 else 80), (lines if lines >= 2 else 24)
+
+
+def _job_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given on the command line (flags left off are not sent)."""
+    return {
+        "model": args.model,
+        "language": args.language,
+        "task": args.task,
+        "word_timestamps": True if args.word_timestamps else None,
+        "prompt": args.prompt,
+        "hotwords": args.hotwords,
+        "vad_filter": True if args.vad_filter else None,
+        "beam_size": args.beam_size,
+        "temperature": args.temperature,
+        "diarize": args.diarize,
+        "callback_url": args.callback_url,
+    }
+
+
+def _output_path(out: Path, item: Submitted, fmt: str) -> Path:
+    return out / f"{item.path.stem}.{EXTENSIONS[fmt]}"
+
+
+def _check_inputs(files: Sequence[str], out: Path | None, fmt: str) -> str | None:
+    """Why the command cannot run, or None: checked before anything is submitted."""
+    for name in files:
+        if not Path(name).is_file():
+            return f"{name}: no such file"
+    if out is None:
+        return None
+    if out.exists() and not out.is_dir():
+        return f"--out {out}: not a directory"
+    targets: dict[str, str] = {}
+    for name in files:
+        target = f"{Path(name).stem}.{EXTENSIONS[fmt]}"
+        if target in targets:
+            return f"{targets[target]} and {name} would both be written to {out / target}"
+        targets[target] = name
+    return None
+
+
+def _submit_all(
+    client: SttClient, args: argparse.Namespace, echo: bool
+) -> tuple[list[Submitted], int]:
+    """Submit every file; a refused one is reported and counted, the rest go on."""
+    options = _job_options(args)
+    submitted: list[Submitted] = []
+    refused = 0
+    for name in args.files:
+        path = Path(name)
+        try:
+            job = client.submit(path, **options)
+        except SttConnectionError:
+            raise
+        except SttError as exc:
+            _say(f"{name}: refused ({exc})")
+            refused += 1
+            continue
+        submitted.append(Submitted(name, path, job))
+        if echo:
+            print(f"{job.id}\t{name}", flush=True)
+    return submitted, refused
+
+
+def _follow(client: SttClient, submitted: list[Submitted], poll: float) -> list[Job]:
+    """Poll every job until all are final, showing progress on stderr."""
+    progress = Progress([item.name for item in submitted], sys.stderr)
+    jobs = [item.job for item in submitted]
+    try:
+        progress.update(jobs)
+        while not all(job.is_final for job in jobs):
+            time.sleep(poll)
+            jobs = [job if job.is_final else client.get(job.id) for job in jobs]
+            progress.update(jobs)
+    except (KeyboardInterrupt, SttError):
+        # Leave the ids behind: the jobs go on and `stt result ID` fetches them later.
+        for item, job in zip(submitted, jobs, strict=True):
+            if not job.is_final:
+                print(f"{job.id}\t{item.name}\t{job.status}", file=sys.stderr)
+        raise
+    return jobs
+
+
+def _result_text(client: SttClient, job_id: str, fmt: str) -> str:
+    """The result as it is written out (JSON pretty-printed, a final newline)."""
+    result = client.result(job_id, fmt)
+    if isinstance(result, str):
+        return result if result.endswith("\n") else result + "\n"
+    return json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+
+
+def _write_results(
+    client: SttClient, submitted: list[Submitted], jobs: list[Job], args: argparse.Namespace
+) -> bool:
+    """Write each succeeded job's result; report the others. True when all succeeded."""
+    all_ok, first = True, True
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+    for item, job in zip(submitted, jobs, strict=True):
+        if job.status != "succeeded":
+            _say(f"{item.name}: {_outcome(job)}")
+            all_ok = False
+            continue
+        text = _result_text(client, job.id, args.format)
+        if args.out is not None:
+            target = _output_path(args.out, item, args.format)
+            target.write_text(text, encoding="utf-8")
+            _say(f"{item.name} -> {target}")
+            continue
+        if len(submitted) > 1:
+            # Several files on stdout: headers like tail(1) does.
+            sys.stdout.write(("" if first else "\n") + f"==> {item.name} <==\n")
+        sys.stdout.write(text)
+        first = False
+    sys.stdout.flush()
+    return all_ok
+
+
+def cmd_transcribe(args: argparse.Namespace, client: SttClient) -> int:
+    """Submit files; with --wait (or --out) follow them and write the results."""
+    wait = args.wait or args.out is not None
+    problem = _check_inputs(args.files, args.out, args.format)
+    if problem:
+        _say(problem)
+        return EXIT_USAGE
+    submitted, refused = _submit_all(client, args, echo=not wait)
+    if not wait or not submitted:
+        return EXIT_FAILED if refused else EXIT_OK
+    jobs = _follow(client, submitted, args.poll)
+    all_ok = _write_results(client, submitted, jobs, args)
+    return EXIT_OK if all_ok and not refused else EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace, client: SttClient) -> int:
+    """Print the job as pretty JSON."""
+    print(json.dumps(client.get(args.id).raw, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def cmd_result(args: argparse.Namespace, client: SttClient) -> int:
+    """Print the job's result in the chosen format."""
+    sys.stdout.write(_result_text(client, args.id, args.format))
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace, client: SttClient) -> int:
+    """Cancel a job and print its status after."""
+    job = client.cancel(args.id)
+    print(f"{job.id}\t{job.status}")
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace, client: SttClient) -> int:
+    """Print the models the gateway serves, one a line (with their daemons when known)."""
+    models = client.models()
+    if not models:
+        _say("no model is being served right now (no live daemon)")
+    for model in models:
+        name = model.get("id") or model.get("name") or json.dumps(model)
+        if "daemons" in model:
+            busy = f"{model.get('in_flight', '?')}/{model.get('capacity', '?')} busy"
+            name = f"{name}\t{model['daemons']} daemon(s), {busy}"
+        print(name)
+    return EXIT_OK
+
+
+def _add_job_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("job options (left to the gateway when not given)")
+    group.add_argument("--model", help="model name (default: the gateway's first)")
+    group.add_argument("--language", help="ISO 639-1 code, e.g. en (default: detected)")
+    group.add_argument("--task", choices=["transcribe", "translate"])
+    group.add_argument("--word-timestamps", action="store_true", help="time every word")
+    group.add_argument("--prompt", help="initial prompt: names, spelling, style")
+    group.add_argument("--hotwords", help="words or phrases to favour, comma-separated")
+    group.add_argument("--vad-filter", action="store_true", help="skip silence (Silero VAD)")
+    group.add_argument("--beam-size", type=int, metavar="N", help="decoder beam size (1-10)")
+    group.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
+    group.add_argument("--diarize", choices=["none", "channels"], help="channels: one speaker each")
+    group.add_argument("--callback-url", metavar="URL", help="the gateway POSTs the result here")
+
+
+def _add_transcribe(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("transcribe", parents=[common], help="submit audio files")
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio or video files")
+    p.add_argument("--wait", action="store_true", help="follow the jobs, then print the results")
+    p.add_argument("--format", choices=list(EXTENSIONS), default="text", help="default: text")
+    p.add_argument(
+        "--out", type=Path, metavar="DIR", help="write <stem>.<ext> here (implies --wait)"
+    )
+    p.add_argument("--poll", type=float, default=0.5, metavar="S", help="seconds between polls")
+    _add_job_options(p)
+    p.set_defaults(handler=cmd_transcribe)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``stt`` command line."""
+    common = argparse.ArgumentParser(add_help=False)
+    default_url = os.environ.get("STT_URL") or DEFAULT_URL
+    common.add_argument("--url", default=default_url, help=f"gateway (default {default_url})")
+    parser = argparse.ArgumentParser(
+        prog="stt", description="Whisper transcription jobs: submit, follow, fetch."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_transcribe(sub, common)
+    status = sub.add_parser("status", parents=[common], help="print a job as JSON")
+    status.add_argument("id")
+    status.set_defaults(handler=cmd_status)
+    result = sub.add_parser("result", parents=[common], help="print a job's result")
+    result.add_argument("id")
+    result.add_argument("--format", choices=list(EXTENSIONS), default="text", help="default: text")
+    result.set_defaults(handler=cmd_result)
+    cancel = sub.add_parser("cancel", parents=[common], help="cancel a job")
+    cancel.add_argument("id")
+    cancel.set_defaults(handler=cmd_cancel)
+    models = sub.add_parser("models", parents=[common], help="list the models served")
+    models.set_defaults(handler=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | None = None) -> int:
+    """Console script entry point; ``transport`` lets tests answer for the gateway."""
+    args = build_parser().parse_args(argv)
+    try:
+        with SttClient(args.url, transport=transport) as client:
+            code: int = args.handler(args, client)
+            return code
+    except SttConnectionError as exc:
+        _say(str(exc))
+        return EXIT_USAGE
+    except SttError as exc:
+        _say(f"the gateway answered {exc}")
+        return EXIT_FAILED
+    except OSError as exc:
+        _say(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
