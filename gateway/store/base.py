@@ -15,6 +15,8 @@ class JobRecord:
 
     id: str
     status: JobStatus
+    #: Who submitted it: the id of an API key (never the key), None without keys.
+    owner: str | None = None
     model: str | None = None
     options: dict[str, Any] | None = None
     filename: str | None = None
@@ -90,6 +92,10 @@ class StatusStore(Protocol):
 
     async def apply(self, event: JobEvent) -> bool:
         """Apply an event (forward-only); True if it changed the job."""
+        ...
+
+    async def count_active(self, owner: str | None) -> int:
+        """How many of this owner's jobs are not final yet (the concurrent-job quota)."""
         ...
 
     async def ping(self) -> None:

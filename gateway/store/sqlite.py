@@ -15,6 +15,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
+    owner TEXT,
     model TEXT,
     options TEXT,
     filename TEXT,
@@ -29,9 +30,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT
 )
 """
+# Serves the concurrent-job quota: a key's unfinished jobs, counted often.
+_ACTIVE_INDEX = """
+CREATE INDEX IF NOT EXISTS jobs_active_by_owner ON jobs (owner)
+WHERE status IN ('queued', 'processing')
+"""
 _COLUMNS = (
     "id",
     "status",
+    "owner",
     "model",
     "options",
     "filename",
@@ -59,6 +66,7 @@ def _row(record: JobRecord) -> tuple[Any, ...]:
     return (
         record.id,
         record.status.value,
+        record.owner,
         record.model,
         json.dumps(record.options) if record.options is not None else None,
         record.filename,
@@ -78,6 +86,7 @@ def _record(row: sqlite3.Row) -> JobRecord:
     return JobRecord(
         id=row["id"],
         status=JobStatus(row["status"]),
+        owner=row["owner"],
         model=row["model"],
         options=json.loads(row["options"]) if row["options"] else None,
         filename=row["filename"],
@@ -110,6 +119,10 @@ class SQLiteStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute(_SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "owner" not in columns:  # a database made before API keys existed
+            self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+        self._db.execute(_ACTIVE_INDEX)
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -152,6 +165,14 @@ class SQLiteStore:
             self._db.execute("ROLLBACK")
             raise
         return updated is not None
+
+    async def count_active(self, owner: str | None) -> int:
+        """Jobs of this owner still queued or processing."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE owner IS ? AND status IN ('queued', 'processing')",
+            (owner,),
+        ).fetchone()
+        return int(row[0])
 
     async def ping(self) -> None:
         """A trivial query."""

@@ -84,3 +84,15 @@ async def test_statuses_survive_reopening(tmp_path: Path) -> None:
     record = await reopened.get("j1")
     assert record is not None and record.result == RESULT
     assert await reopened.get("missing") is None
+
+
+async def test_active_jobs_are_counted_per_owner(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/status.db")
+    for n, owner in enumerate(["a", "a", "b", None]):
+        await store.create(JobRecord(id=f"j{n}", status=JobStatus.QUEUED, owner=owner))
+    await store.apply(_event(EventType.SUCCEEDED, result=RESULT))  # j1, owner a
+    assert await store.count_active("a") == 1
+    assert await store.count_active("b") == 1
+    assert await store.count_active(None) == 1
+    first = await store.get("j0")
+    assert first is not None and first.owner == "a"
