@@ -86,14 +86,21 @@ class Services:
         *,
         filename: str | None,
         content_type: str | None,
+        owner: str | None = None,
+        idempotency_key: str | None = None,
     ) -> JobRecord:
-        """Store the audio, record the job, publish it; 202-worthy only once confirmed."""
+        """Store the audio, record the job, publish it; 202-worthy only once confirmed.
+
+        ``owner`` is the id of the caller's API key; ``idempotency_key`` is the
+        client's ``Idempotency-Key`` header (scoped to the owner).
+        """
         job_id = str(uuid.uuid4())
         ref = blob.commit(job_id, content_type, filename)
         job = JobMessage(job_id=job_id, options=options, audio=ref)
         record = JobRecord(
             id=job_id,
             status=JobStatus.QUEUED,
+            owner=owner,
             model=options.model,
             options=options.model_dump(mode="json"),
             filename=filename,
