@@ -18,6 +18,7 @@ from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
 from pamqp.commands import Basic
 
 from gateway.config import GatewaySettings
+from stt_daemon import amqp
 from stt_daemon.protocol import JSON_CONTENT_TYPE, CancelRequest, JobMessage
 from stt_daemon.topology import Topology, declare_topology
 
@@ -96,10 +97,8 @@ class BrokerLink:
                 delay = min(delay * 2, 10.0)
 
     async def _connect_once(self) -> None:
-        conn = await aio_pika.connect_robust(
-            self._settings.amqp_url,
-            client_properties={"connection_name": f"stt-gateway {self._role}"},
-            heartbeat=self._settings.heartbeat,
+        conn = await amqp.connect(
+            self._settings.amqp_url, f"stt-gateway {self._role}", self._settings.heartbeat
         )
         self._connection = conn
         channel = await conn.channel(publisher_confirms=True, on_return_raises=True)

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from stt_daemon.amqp import redact, split_urls, uses_guest_remotely
 from stt_daemon.topology import Names, QueueLimits, check_model_name
 
 
@@ -45,6 +46,18 @@ class CommonSettings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     #: Seconds between two announcements of a daemon; three missed = gone.
     announce_interval: float = Field(default=5.0, gt=0)
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _check_amqp_url(cls, value: str) -> str:
+        for url in split_urls(value):
+            if uses_guest_remotely(url):
+                # RabbitMQ refuses guest off loopback anyway; say why here, at start.
+                raise ValueError(
+                    f"{redact(url)} uses the default guest account on a remote host: "
+                    "guest is for local development only; create a user for this deployment"
+                )
+        return value
 
     @field_validator("models", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -48,12 +49,16 @@ class LocalRabbitNode:
         name: str | None = None,
         base_dir: Path | None = None,
         extra_config: str = "",
+        cookie: str | None = None,
     ) -> None:
         self.port = port or free_port()
         self.dist_port = free_port()
         self.name = name or f"stt-{self.port}@localhost"
         self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="stt-rabbit-"))
         self._extra_config = extra_config
+        # Our own cookie: the node and our rabbitmqctl calls agree on it whoever
+        # runs them, and nodes of one cluster share it.
+        self.cookie = cookie or secrets.token_hex(16)
         self._log_file = self.base_dir / "console.log"
 
     @property
@@ -81,7 +86,29 @@ class LocalRabbitNode:
             "RABBITMQ_FEATURE_FLAGS_FILE": str(d / "feature_flags"),
             "RABBITMQ_PLUGINS_EXPAND_DIR": str(d / "plugins-expand"),
             "RABBITMQ_PID_FILE": str(self.pid_file),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": f"-setcookie {self.cookie}",
+            "RABBITMQ_CTL_ERL_ARGS": f"-setcookie {self.cookie}",
         }
+
+    def ctl(self, *args: str, timeout: float = 60.0) -> str:
+        """Run ``rabbitmqctl -n NODE ARGS`` and return its output (raises on failure)."""
+        done = subprocess.run(
+            ["rabbitmqctl", "-n", self.name, *args],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise BrokerStartError(f"rabbitmqctl {' '.join(args)}: {done.stderr or done.stdout}")
+        return done.stdout
+
+    def join(self, other: LocalRabbitNode) -> None:
+        """Make this (running) node a member of ``other``'s cluster."""
+        self.ctl("stop_app")
+        self.ctl("join_cluster", other.name)
+        self.ctl("start_app")
 
     def _prepare(self) -> None:
         d = self.base_dir

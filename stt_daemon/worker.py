@@ -10,6 +10,7 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
+from stt_daemon import amqp
 from stt_daemon.blobs import BlobStore
 from stt_daemon.config import DaemonSettings
 from stt_daemon.control import Cancellations, ControlPlane
@@ -30,10 +31,8 @@ async def connect(settings: DaemonSettings, role: str) -> AbstractRobustConnecti
     delay = 1.0
     while True:
         try:
-            return await aio_pika.connect_robust(
-                settings.amqp_url,
-                client_properties={"connection_name": f"stt-daemon {settings.worker_name} {role}"},
-                heartbeat=settings.heartbeat,
+            return await amqp.connect(
+                settings.amqp_url, f"stt-daemon {settings.worker_name} {role}", settings.heartbeat
             )
         except (OSError, aio_pika.exceptions.AMQPConnectionError) as exc:
             log.warning("broker.unreachable", role=role, error=str(exc), retry_in_s=delay)
