@@ -10,6 +10,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from redisnode import LocalRedis
 from stack import JFK, Stack
 from stt_daemon.localbroker import LocalRabbitNode
 
@@ -35,6 +36,20 @@ def amqp_url() -> Iterator[str]:
     finally:
         node.stop()
         node.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """STT_TEST_REDIS_URL, or a private redis-server on a free loopback port."""
+    if url := os.environ.get("STT_TEST_REDIS_URL"):
+        yield url
+        return
+    node = LocalRedis()
+    node.start()
+    try:
+        yield node.url
+    finally:
+        node.stop()
 
 
 @pytest.fixture

@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
-from gateway.store.base import JobRecord, StatusStore
+from urllib.parse import urlparse
+
+from gateway.store.base import JobRecord, StatusStore, purge_periodically, redacted
+from gateway.store.redis import SCHEMES as REDIS_SCHEMES
+from gateway.store.redis import RedisStore
+from gateway.store.redis import check_url as check_redis_url
 from gateway.store.sqlite import SQLiteStore
 
-
-def open_store(url: str) -> StatusStore:
-    """Open the store named by ``STT_STATUS_URL``."""
-    if url.startswith("sqlite://"):
-        return SQLiteStore.from_url(url)
-    raise ValueError(f"unsupported STT_STATUS_URL {url!r}: use sqlite:///path/to/status.db")
+_HINT = "use sqlite:///path/to/status.db or redis://host:6379/0 (also rediss://, unix://)"
 
 
-__all__ = ["JobRecord", "StatusStore", "open_store"]
+def check_status_url(url: str) -> str:
+    """``url`` if it names a store we can open; else ValueError saying what is wrong."""
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        if not url.startswith("sqlite:///") or url == "sqlite:///":
+            raise ValueError(f"invalid STT_STATUS_URL {redacted(url)!r}: {_HINT}")
+    elif scheme in REDIS_SCHEMES:
+        check_redis_url(url)
+    else:
+        raise ValueError(f"unsupported STT_STATUS_URL {redacted(url)!r}: {_HINT}")
+    return url
+
+
+def open_store(url: str, *, namespace: str = "stt", result_ttl: int = 0) -> StatusStore:
+    """Open the store named by ``STT_STATUS_URL``; ``result_ttl``: seconds final jobs are kept."""
+    check_status_url(url)
+    if url.startswith("sqlite:"):
+        return SQLiteStore.from_url(url, result_ttl)
+    return RedisStore(url, namespace, result_ttl)
+
+
+__all__ = [
+    "JobRecord",
+    "StatusStore",
+    "check_status_url",
+    "open_store",
+    "purge_periodically",
+    "redacted",
+]

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import structlog
 
 from stt_daemon.protocol import ErrorInfo, JobEvent, JobStatus, TranscriptResult
+
+log = structlog.get_logger("gateway.store")
+
+#: Lifetime of an idempotency key when results are kept forever (``STT_RESULT_TTL=0``).
+IDEMPOTENCY_TTL_WITHOUT_RETENTION = 24 * 3600
+#: Longest ``Idempotency-Key`` accepted.
+MAX_IDEMPOTENCY_KEY = 255
 
 
 @dataclass
@@ -98,6 +110,18 @@ class StatusStore(Protocol):
         """How many of this owner's jobs are not final yet (the concurrent-job quota)."""
         ...
 
+    async def claim_idempotency(self, owner: str | None, key: str, job_id: str) -> str | None:
+        """Bind (owner, key) to ``job_id``; the job already bound, or None if this call bound it."""
+        ...
+
+    async def release_idempotency(self, owner: str | None, key: str) -> None:
+        """Unbind (owner, key): the job it named was never accepted, so a retry may submit."""
+        ...
+
+    async def purge_expired(self) -> int:
+        """Delete final jobs past their retention; how many went (0 where the backend expires)."""
+        ...
+
     async def ping(self) -> None:
         """Raise if the store cannot be used."""
         ...
@@ -105,3 +129,45 @@ class StatusStore(Protocol):
     async def close(self) -> None:
         """Release connections."""
         ...
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs."""
+    parsed = urlparse(url)
+    if not parsed.password:
+        return url
+    netloc = parsed.netloc.rsplit("@", 1)[1]
+    user = f"{parsed.username}:" if parsed.username else ":"
+    return parsed._replace(netloc=f"{user}***@{netloc}").geturl()
+
+
+def owner_scope(owner: str | None) -> str:
+    """An unambiguous text form of an owner (``null`` for none), for keys and columns."""
+    return json.dumps(owner)
+
+
+def idempotency_ttl(result_ttl: int) -> int:
+    """Seconds an idempotency key lives: as long as results, or a day if they are kept forever."""
+    return result_ttl or IDEMPOTENCY_TTL_WITHOUT_RETENTION
+
+
+def purge_interval(result_ttl: int) -> float:
+    """Seconds between two purges: a tenth of the retention, at most five minutes."""
+    return max(min(result_ttl / 10, 300.0), 0.1)
+
+
+async def purge_periodically(store: StatusStore, result_ttl: int) -> None:
+    """Delete expired jobs now and then until cancelled (nothing to do without retention)."""
+    if result_ttl <= 0:
+        return
+    interval = purge_interval(result_ttl)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            purged = await store.purge_expired()
+        except Exception as exc:
+            # A store that is down now may be back next time; the expired rows can wait.
+            log.warning("store.purge_failed", error=str(exc))
+            continue
+        if purged:
+            log.info("store.purged", jobs=purged)
