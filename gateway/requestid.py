@@ -1,0 +1,83 @@
+"""Request ids: ``X-Request-ID`` in, on every log line of the request, and out; one access line.
+
+A pure ASGI middleware (no ``BaseHTTPMiddleware``: that runs the app in another
+task and buffers nothing we need). The id a client or proxy sends is kept when
+it is sane, so a request can be followed from the load balancer to the daemon.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = structlog.get_logger("gateway.access")
+
+HEADER = "X-Request-ID"
+#: What a sane id looks like: a UUID, a hex trace id, a load balancer's token.
+_SANE = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
+#: The route label of a request no route matched (a 404): raw paths would be unbounded.
+UNMATCHED = "<unmatched>"
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template (``/v1/jobs/{job_id}``), never the raw path."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED
+
+
+def request_id_of(headers: Headers) -> str:
+    """The client's ``X-Request-ID`` when it is sane, else a new one."""
+    given = headers.get(HEADER, "")
+    return given if _SANE.fullmatch(given) else uuid.uuid4().hex
+
+
+def current_request_id() -> str | None:
+    """The id of the request being handled (None outside a request)."""
+    value: Any = structlog.contextvars.get_contextvars().get("request_id")
+    return value if isinstance(value, str) else None
+
+
+class RequestIdMiddleware:
+    """Binds ``request_id`` for structlog, echoes it in the response, logs one access line."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_of(Headers(scope=scope))
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[HEADER] = request_id
+            await send(message)
+
+        # Bound, not scoped: if the app raises, the server-error handler (outside
+        # every middleware) logs the failure and should still carry the id. Each
+        # request runs in a task of its own under uvicorn, so nothing leaks.
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "http.request",
+                method=scope["method"],
+                route=route_template(scope),
+                path=scope["path"],
+                status=status,
+                duration_s=round(time.perf_counter() - started, 4),
+            )
+        structlog.contextvars.unbind_contextvars("request_id")

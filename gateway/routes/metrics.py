@@ -1,0 +1,17 @@
+"""``GET /metrics``: the gateway's Prometheus metrics (text exposition format)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.services import ServicesDep
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(services: ServicesDep) -> Response:
+    """Prometheus metrics; queue depths are read from the broker now (2 s at most)."""
+    await services.metrics.refresh_queue_depths(services.accepted_models())
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
