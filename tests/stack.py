@@ -135,9 +135,10 @@ class Stack:
             **extra,
         }
 
-    async def daemon(self, wait: bool = True, **env: str) -> Proc:
-        """Start a daemon (``python -m stt_daemon``) and wait until it consumes."""
-        proc = Proc("daemon", [sys.executable, "-m", "stt_daemon"], self._env(env), self.data_dir)
+    async def daemon(self, wait: bool = True, argv: list[str] | None = None, **env: str) -> Proc:
+        """Start a daemon (``python -m stt_daemon``, or ``argv``) and wait until it consumes."""
+        argv = argv or [sys.executable, "-m", "stt_daemon"]
+        proc = Proc("daemon", argv, self._env(env), self.data_dir)
         self.procs.append(proc)
         if wait:
             await proc.wait_for_log("daemon.ready", timeout=120)

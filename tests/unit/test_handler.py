@@ -6,9 +6,11 @@ import asyncio
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aio_pika.exceptions import ChannelInvalidStateError
 
 from stack import JFK
 from stt_daemon.blobs import BlobStore
@@ -29,6 +31,14 @@ class FakeMessage:
     reply_to: str | None = None
     correlation_id: str | None = None
     routing_key: str | None = "tiny.en"
+    #: The delivery's channel is still open (False: the broker closed it under the job).
+    channel_open: bool = True
+
+    @property
+    def channel(self) -> Any:
+        if not self.channel_open:
+            raise ChannelInvalidStateError
+        return SimpleNamespace(is_closed=False)
 
     async def ack(self) -> None:
         self.log.append("ack")
@@ -221,3 +231,15 @@ async def test_english_only_model_refuses_other_languages(tmp_path: Path) -> Non
     for headers in ({"language": "en"}, {"task": "translate"}):
         await handler.handle(FakeMessage(JFK.read_bytes(), log, headers=headers))  # type: ignore[arg-type]
         assert events.events[-1].event == "job.succeeded"
+
+
+async def test_a_job_whose_channel_closed_while_it_ran_publishes_no_result(
+    tmp_path: Path,
+) -> None:
+    """The broker gave the job to another daemon: no final event, no ack, no requeue."""
+    log: list[str] = []
+    handler, _events = _handler(tmp_path, FakeEngine(), log)
+    message = FakeMessage(JFK.read_bytes(), log, channel_open=False)
+    await handler.handle(message)  # type: ignore[arg-type]
+    assert log == ["job.started"]
+    assert handler.counts["abandoned"] == 1 and handler.counts["succeeded"] == 0
