@@ -101,7 +101,12 @@ async def connect(amqp_url: str, name: str, heartbeat: int) -> AbstractRobustCon
     last error if none answers (callers retry); after that, reconnections move
     through the addresses on their own.
     """
-    urls = split_urls(amqp_url)
+    # aiormq reads the heartbeat from the URL only (a keyword is silently ignored);
+    # one the operator put in the URL wins.
+    urls = [
+        str(url if "heartbeat" in url.query else url.update_query(heartbeat=heartbeat))
+        for url in map(URL, split_urls(amqp_url))
+    ]
     error: Exception | None = None
     for first in range(len(urls)):
         ordered = urls[first:] + urls[:first]
@@ -109,7 +114,6 @@ async def connect(amqp_url: str, name: str, heartbeat: int) -> AbstractRobustCon
             URL(ordered[0]),
             addresses=ordered,
             client_properties={"connection_name": name},
-            heartbeat=heartbeat,
         )
         try:
             await connection.connect()

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from audiofiles import repeated
-from stack import JFK, JFK_WORDS, Gateway, Stack, normalise
+from stack import JFK, Gateway, Stack, normalise
 from stt_daemon.localbroker import LocalRabbitNode
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults]
@@ -60,7 +60,7 @@ async def assert_all_finish_once(gw: Gateway, accepted: list[str], timeout: floa
     async with gw.client() as client:
         for job_id in accepted:
             result = (await client.get(f"/v1/jobs/{job_id}/result")).json()
-            assert JFK_WORDS in normalise(result["text"]), result
+            assert "what your country can do for you" in normalise(result["text"]), result
 
 
 async def wait_ready(gw: Gateway, ready: bool, timeout: float = 60.0) -> None:
@@ -187,7 +187,10 @@ async def test_cluster_survives_the_death_of_the_queue_leader(
                 accepted.append(response.json()["id"])
                 break
             assert response.status_code == 503, response.text
-            assert time.monotonic() < deadline, "the gateway never moved to a surviving node"
+            assert time.monotonic() < deadline, (
+                f"the gateway never moved to a surviving node: {response.text}\n"
+                + gw.proc.output()[-4000:]
+            )
             await asyncio.sleep(1)
         await assert_all_finish_once(gw, accepted, timeout=300)
     finally:

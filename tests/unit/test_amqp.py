@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 from yarl import URL
 
-from stt_daemon.amqp import ClusterConnection, redact, split_urls, uses_guest_remotely
+from stt_daemon.amqp import ClusterConnection, connect, redact, split_urls, uses_guest_remotely
 from stt_daemon.config import DaemonSettings
 
 
@@ -61,3 +61,14 @@ async def test_each_connection_attempt_moves_to_the_next_address() -> None:
     assert seen == ["a", "b", "c", "a"]
     conn.url = conn.url.with_password("rotated")  # update_secret() changes the address in use
     assert conn.url.password == "rotated" and conn.url.host == "a"
+
+
+@pytest.mark.integration
+async def test_the_heartbeat_setting_reaches_the_broker(amqp_url: str) -> None:
+    """aiormq takes the heartbeat from the URL only: STT_HEARTBEAT must end up there."""
+    conn = await connect(amqp_url, "heartbeat-check", heartbeat=7)
+    try:
+        assert conn.transport is not None
+        assert conn.transport.connection.connection_tune.heartbeat == 7
+    finally:
+        await conn.close()
