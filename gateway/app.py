@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
 
+from gateway.auth import install_auth, log_auth_mode
 from gateway.broker import BrokerLink
 from gateway.callbacks import CallbackSender
 from gateway.config import GatewaySettings
 from gateway.errors import install_error_handlers
 from gateway.fleet import Fleet
+from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.recorder import Recorder
-from gateway.routes import compat, health, jobs, models, openai
+from gateway.requestid import RequestIdMiddleware
+from gateway.routes import compat, health, jobs, metrics, models, openai
 from gateway.services import Services
-from gateway.store import open_store
+from gateway.store import open_store, purge_periodically, redacted
 from stt_daemon import __version__
 from stt_daemon.blobs import BlobStore
 from stt_daemon.logs import configure_logging
@@ -27,16 +32,28 @@ log = structlog.get_logger("gateway")
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """Build the app; settings come from the environment when not given."""
     settings = settings or GatewaySettings()
+    gateway_metrics = GatewayMetrics(settings.names)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = open_store(settings.resolved_status_url)
+        store = open_store(
+            settings.resolved_status_url,
+            namespace=settings.namespace,
+            result_ttl=settings.result_ttl,
+        )
+        # Retention: deletes final jobs past STT_RESULT_TTL (Redis expires them by itself).
+        purger = asyncio.create_task(purge_periodically(store, settings.result_ttl))
         publisher = BrokerLink(settings, role="publish")
         # The recorder gets a connection of its own: a memory alarm that blocks
         # publishing must not stop statuses from being recorded.
         recorder_link = BrokerLink(settings, role="recorder")
-        recorder = Recorder(store, settings.names, settings.recorder_prefetch)
+        recorder = Recorder(
+            store, settings.names, settings.recorder_prefetch, gateway_metrics.event_recorded
+        )
         recorder_link.on_connected(recorder.start)
+        # Queue depths are read on the recorder's connection: it never publishes,
+        # so a memory alarm that blocks publishers does not stall a scrape.
+        recorder_link.on_connected(gateway_metrics.attach)
         fleet = Fleet(settings.names)
         recorder_link.on_connected(fleet.start)
         callbacks = _callback_sender(settings)
@@ -48,15 +65,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             store=store,
             broker=publisher,
             fleet=fleet,
+            metrics=gateway_metrics,
         )
         publisher.start()
         recorder_link.start()
         log.info(
             "gateway.started",
             models=settings.model_names,
-            status_url=settings.resolved_status_url,
+            status_url=redacted(settings.resolved_status_url),
             blob_url=settings.resolved_blob_url,
         )
+        log_auth_mode(app.state.auth, settings)
         try:
             yield
         finally:
@@ -64,6 +83,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await recorder_link.close()
             if callbacks is not None:
                 await callbacks.close()
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
             await store.close()
             log.info("gateway.stopped", events_recorded=recorder.applied)
 
@@ -74,11 +96,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app, settings.retry_after)
+    # Keys are loaded here, not in the lifespan: an unreadable key file stops the start.
+    install_auth(app, settings)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(compat.router)
     app.include_router(openai.router)
     app.include_router(models.router)
+    app.include_router(metrics.router)
+    # Added last, so outermost: the request id is bound before anything else runs.
+    app.add_middleware(MetricsMiddleware, metrics=gateway_metrics)
+    app.add_middleware(RequestIdMiddleware)
     return app
 
 

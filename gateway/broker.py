@@ -130,12 +130,57 @@ class BrokerLink:
         except PublishError as exc:  # a Basic.Return: subclass of DeliveryError, so first
             raise UnroutableJob(job.options.model) from exc
         except DeliveryError as exc:
-            if isinstance(exc.frame, Basic.Nack):
-                # reject-publish overflow: the queue is at STT_MAX_QUEUED.
+            if isinstance(exc.frame, Basic.Nack) and await self._queue_is_full(job.options.model):
                 raise QueueFull(job.options.model) from None
-            raise BrokerUnavailable(f"broker refused the job: {exc}") from None
+            # A nack from a queue that is not full: in a cluster, its leader is
+            # being re-elected after a node died. Worth a retry, not a 429; and
+            # the retry gets a fresh channel, in case this one kept stale
+            # knowledge of where the queue lives.
+            await self._renew_channel()
+            raise BrokerUnavailable(f"broker could not take the job: {exc}") from None
         except (TimeoutError, AMQPError, ConnectionError, RuntimeError) as exc:
             raise BrokerUnavailable(f"publish failed: {type(exc).__name__}") from None
+
+    async def _renew_channel(self) -> None:
+        """Publish on a new channel from now on (the old one is closed)."""
+        conn, old, topology = self._connection, self._channel, self.topology
+        if conn is None or topology is None:
+            return
+        try:
+            async with asyncio.timeout(self._settings.publish_timeout):
+                channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+                names = self._settings.names
+                topology.jobs_exchange = await channel.get_exchange(
+                    names.jobs_exchange, ensure=False
+                )
+                if topology.control_exchange is not None:
+                    topology.control_exchange = await channel.get_exchange(
+                        names.control_exchange, ensure=False
+                    )
+        except (TimeoutError, AMQPError, ConnectionError, RuntimeError) as exc:
+            log.warning("broker.channel_not_renewed", error=f"{type(exc).__name__}: {exc}")
+            return
+        self._channel = channel
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.close()
+        log.info("broker.channel_renewed", role=self._role)
+
+    async def _queue_is_full(self, model: str) -> bool:
+        """Whether a nack was the reject-publish overflow (the queue holds STT_MAX_QUEUED)."""
+        if self._connection is None:
+            return False
+        try:
+            async with asyncio.timeout(self._settings.publish_timeout):
+                async with self._connection.channel() as channel:
+                    queue = await channel.declare_queue(
+                        self._settings.names.job_queue(model), passive=True
+                    )
+        except (TimeoutError, AMQPError, ConnectionError, RuntimeError):
+            return False
+        # Only ready messages count towards x-max-length.
+        ready = queue.declaration_result.message_count or 0
+        return ready >= self._settings.max_queued
 
     async def publish_cancel(self, request: CancelRequest) -> None:
         """Publish a cancellation to the control exchange (its stream keeps it a day)."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pathlib import Path
 
+from pydantic import Field, SecretStr, field_validator
+
+from gateway.store import check_status_url
 from stt_daemon.config import CommonSettings
 
 
@@ -22,3 +25,21 @@ class GatewaySettings(CommonSettings):
     callback_backoff: float = Field(default=1.0, ge=0)
     #: Seconds a synchronous request (OpenAI-compatible endpoints) waits for its job.
     sync_timeout: float = Field(default=300.0, gt=0)
+    #: Seconds final jobs and their results are kept after they finish; 0 = forever.
+    result_ttl: int = Field(default=7 * 24 * 3600, ge=0)
+    #: Comma-separated API keys; with none here nor in the file, auth is off.
+    api_keys: SecretStr | None = None
+    #: A file of API keys, one a line (blank lines and ``#`` comments skipped).
+    api_keys_file: Path | None = None
+    #: Requests a second per key (token bucket, per gateway process); 0 = no limit.
+    key_rate_limit: float = Field(default=0.0, ge=0)
+    #: Requests a key may make at once after a pause (the bucket's size).
+    key_rate_burst: int = Field(default=10, ge=1)
+    #: Unfinished jobs a key may have; 0 = no limit.
+    key_max_active: int = Field(default=0, ge=0)
+
+    @field_validator("status_url")
+    @classmethod
+    def _check_status_url(cls, value: str | None) -> str | None:
+        # A typo in the store's URL is refused at start-up, not at the first request.
+        return None if value is None else check_status_url(value)

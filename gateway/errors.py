@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,6 +15,20 @@ log = structlog.get_logger("gateway.errors")
 
 #: The original API's 429 detail, kept byte for byte.
 QUEUE_FULL_DETAIL = "Queue limit reached"
+
+
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """An error in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    error = {"message": message, "type": kind, "param": param, "code": code}
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI, retry_after: int) -> None:

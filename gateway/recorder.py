@@ -8,12 +8,13 @@ while the gateways are down.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from gateway.store import StatusStore
-from stt_daemon.protocol import DecodeError, decode_event
+from stt_daemon.protocol import DecodeError, JobEvent, decode_event
 from stt_daemon.topology import Names
 
 log = structlog.get_logger("gateway.recorder")
@@ -22,10 +23,18 @@ log = structlog.get_logger("gateway.recorder")
 class Recorder:
     """Applies job events to the status store, acking each after it is written."""
 
-    def __init__(self, store: StatusStore, names: Names, prefetch: int) -> None:
+    def __init__(
+        self,
+        store: StatusStore,
+        names: Names,
+        prefetch: int,
+        on_applied: Callable[[JobEvent], None] | None = None,
+    ) -> None:
         self._store = store
         self._names = names
         self._prefetch = prefetch
+        #: Called with each event that changed a job (the gateway's metrics count them).
+        self._on_applied = on_applied
         self.applied = 0
 
     async def start(self, connection: AbstractRobustConnection) -> None:
@@ -47,6 +56,8 @@ class Recorder:
         try:
             if await self._store.apply(event):
                 self.applied += 1
+                if self._on_applied is not None:
+                    self._on_applied(event)
         except Exception as exc:
             log.error("recorder.store_failed", job_id=event.job_id, error=str(exc))
             # Back off so that a broken store does not become a hot loop.

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends, Header, HTTPException
 from pydantic import ValidationError
 from starlette.requests import HTTPConnection
 
 from gateway.broker import BrokerLink, BrokerUnavailable, QueueFull, UnroutableJob
 from gateway.config import GatewaySettings
 from gateway.fleet import Fleet
+from gateway.metrics import GatewayMetrics
+from gateway.requestid import current_request_id
 from gateway.store import JobRecord, StatusStore
+from gateway.store.base import MAX_IDEMPOTENCY_KEY
 from stt_daemon.blobs import BlobStore, BlobWriter
 from stt_daemon.protocol import (
     CancelRequest,
@@ -36,6 +39,7 @@ class Services:
     store: StatusStore
     broker: BrokerLink
     fleet: Fleet
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
 
     def accepted_models(self) -> list[str]:
         """Models a job may ask for: those configured here (their queues exist even
@@ -94,9 +98,11 @@ class Services:
         ``owner`` is the id of the caller's API key; ``idempotency_key`` is the
         client's ``Idempotency-Key`` header (scoped to the owner).
         """
+        _check_idempotency_key(idempotency_key, blob)
+        await self._check_active_quota(owner, blob)
         job_id = str(uuid.uuid4())
         ref = blob.commit(job_id, content_type, filename)
-        job = JobMessage(job_id=job_id, options=options, audio=ref)
+        job = JobMessage(job_id=job_id, options=options, audio=ref, request_id=current_request_id())
         record = JobRecord(
             id=job_id,
             status=JobStatus.QUEUED,
@@ -109,33 +115,89 @@ class Services:
         )
         # Recorded before publishing, so that no event can ever find the job missing.
         await self.store.create(record)
+        if idempotency_key is not None:
+            repeated = await self._repeated_job(record, idempotency_key, ref.url)
+            if repeated is not None:
+                return repeated
         try:
             await self.broker.publish_job(job)
-        except (QueueFull, BrokerUnavailable, UnroutableJob):
+        except (QueueFull, BrokerUnavailable, UnroutableJob) as exc:
             await self.store.discard(job_id)
             self.blobs.delete(ref.url)
+            if idempotency_key is not None:  # so that the client's retry can submit
+                await self.store.release_idempotency(owner, idempotency_key)
+            self.metrics.job_refused(exc)
             raise
+        self.metrics.job_submitted(options.model)
         return record
 
-    async def cancel(self, job_id: str) -> JobRecord:
+    async def _repeated_job(self, record: JobRecord, key: str, blob_url: str) -> JobRecord | None:
+        """The job an earlier request with this key made (ours is dropped), or None: ours counts.
+
+        Our job is recorded before the key is bound, so the job a key names always exists.
+        """
+        bound = await self.store.claim_idempotency(record.owner, key, record.id)
+        if bound is None:
+            return None
+        await self.store.discard(record.id)
+        self.blobs.delete(blob_url)
+        existing = await self.store.get(bound)
+        if existing is None:
+            # The first request's publish failed a moment ago; it is releasing the key.
+            raise HTTPException(
+                409, "the first request with this Idempotency-Key failed; send the request again"
+            )
+        return existing
+
+    async def _check_active_quota(self, owner: str | None, blob: BlobWriter) -> None:
+        """429 when the caller already has ``STT_KEY_MAX_ACTIVE`` unfinished jobs.
+
+        Not atomic with the submission: concurrent submissions of one key may overshoot.
+        """
+        limit = self.settings.key_max_active
+        if limit and await self.store.count_active(owner) >= limit:
+            blob.abort()
+            raise HTTPException(
+                429,
+                f"this API key already has {limit} unfinished jobs (STT_KEY_MAX_ACTIVE); "
+                "wait for one to finish",
+                headers={"Retry-After": str(self.settings.retry_after)},
+            )
+
+    async def cancel(self, job_id: str, *, owner: str | None) -> JobRecord:
         """Cancel a job that is not final yet: daemons skip it, or stop it if it runs."""
-        record = await self.job_or_404(job_id)
+        record = await self.job_or_404(job_id, owner=owner)
         if record.status.is_final:
             raise HTTPException(409, f"job is already {record.status.value}")
         # Broker first: if the daemons cannot be told, nothing changes (503).
         await self.broker.publish_cancel(CancelRequest(job_id=job_id))
         error = ErrorInfo(code=ErrorCode.CANCELLED, message="cancelled on request")
-        await self.store.apply(
-            JobEvent(event=EventType.CANCELLED, job_id=job_id, model=record.model, error=error)
-        )
-        return await self.job_or_404(job_id)
+        event = JobEvent(event=EventType.CANCELLED, job_id=job_id, model=record.model, error=error)
+        if await self.store.apply(event):
+            self.metrics.event_recorded(event)
+        return await self.job_or_404(job_id, owner=owner)
 
-    async def job_or_404(self, job_id: str, detail: str = "job not found") -> JobRecord:
-        """The job, or a 404."""
+    async def job_or_404(
+        self, job_id: str, detail: str = "job not found", *, owner: str | None
+    ) -> JobRecord:
+        """The job, or a 404 when there is none or it belongs to another API key.
+
+        ``owner`` is the caller's (None when auth is off): another key's job answers exactly
+        like an unknown id, so ids cannot be probed.
+        """
         record = await self.store.get(job_id)
-        if record is None:
+        if record is None or record.owner != owner:
             raise HTTPException(404, detail)
         return record
+
+
+def _check_idempotency_key(key: str | None, blob: BlobWriter) -> None:
+    """400 for an ``Idempotency-Key`` that is empty or too long."""
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        blob.abort()
+        raise HTTPException(
+            400, f"the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY} characters long"
+        )
 
 
 def get_services(conn: HTTPConnection) -> Services:
@@ -145,3 +207,11 @@ def get_services(conn: HTTPConnection) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+#: The ``Idempotency-Key`` request header: repeats of a submission with it make one job.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Repeats with the same key (per API key) answer the first request's job.",
+    ),
+]

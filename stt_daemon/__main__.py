@@ -14,6 +14,7 @@ import structlog
 from stt_daemon.config import DaemonSettings
 from stt_daemon.engine import Engine, WhisperEngine, threads_per_job
 from stt_daemon.logs import configure_logging
+from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.models import ModelNotFound, resolve
 from stt_daemon.worker import Daemon
 
@@ -40,8 +41,10 @@ def load_engines(settings: DaemonSettings) -> dict[str, Engine]:
 
 async def serve(settings: DaemonSettings) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
+    metrics = DaemonMetrics()
+    metrics.serve(settings.metrics_port)
     engines = await asyncio.to_thread(load_engines, settings)
-    daemon = Daemon(settings, engines)
+    daemon = Daemon(settings, engines, metrics)
     loop = asyncio.get_running_loop()
     signals = {"count": 0}
 

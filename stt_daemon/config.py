@@ -130,6 +130,13 @@ class DaemonSettings(CommonSettings):
     #: Minimum seconds between two ``job.progress`` events of one job.
     progress_interval: float = Field(default=1.0, ge=0)
     worker_name: str = Field(default_factory=default_worker_name)
+    #: The broker's delivery acknowledgement timeout (RabbitMQ ``consumer_timeout``), seconds.
+    #: Jobs estimated to need more than half of it are refused (see admission.py).
+    ack_timeout: float = Field(default=1800.0, gt=0)
+    #: Seconds of work per second of audio assumed until a model has finished a job here.
+    assumed_rtf: float = Field(default=0.5, gt=0)
+    #: Port of the Prometheus ``/metrics`` endpoint (all interfaces); 0 = not served.
+    metrics_port: int = Field(default=9400, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _limits_agree(self) -> DaemonSettings:

@@ -19,7 +19,9 @@ from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import ChannelInvalidStateError
 
+from stt_daemon.admission import Admission
 from stt_daemon.audio import SAMPLE_RATE, Audio, AudioError, decode
 from stt_daemon.blobs import BlobError, BlobStore
 from stt_daemon.config import DaemonSettings
@@ -27,6 +29,7 @@ from stt_daemon.control import Cancellations
 from stt_daemon.diarize import transcribe_channels
 from stt_daemon.engine import Engine, JobCancelled
 from stt_daemon.events import EventPublisher
+from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.protocol import (
     DecodeError,
     Diarize,
@@ -50,6 +53,18 @@ class PermanentError(Exception):
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class DeliveryLost(Exception):
+    """The channel this job came on closed while it ran: the broker gave the job to another."""
+
+
+def delivery_lost(message: AbstractIncomingMessage) -> bool:
+    """True when the delivery can no longer be acked (its channel is closed)."""
+    try:
+        return bool(message.channel.is_closed)
+    except ChannelInvalidStateError:  # aio-pika's answer for a closed channel
+        return True
 
 
 @dataclass
@@ -104,18 +119,23 @@ class JobHandler:
         blobs: BlobStore,
         events: EventPublisher,
         cancellations: Cancellations | None = None,
+        metrics: DaemonMetrics | None = None,
     ) -> None:
         self._settings = settings
+        self.metrics = metrics or DaemonMetrics()
+        self.metrics.serves(engines)
         self._engines = engines
         self._blobs = blobs
         self._events = events
         self._cancellations = cancellations or Cancellations()
+        self._admission = Admission(settings.ack_timeout, settings.assumed_rtf)
         self.counts: dict[str, int] = {
             "succeeded": 0,
             "failed": 0,
             "cancelled": 0,
             "retried": 0,
             "handed_back": 0,
+            "abandoned": 0,
         }
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
@@ -123,7 +143,14 @@ class JobHandler:
         attempt = delivery_count(message) + 1
         structlog.contextvars.bind_contextvars(job_id=message.message_id, attempt=attempt)
         try:
-            await self._handle(message, attempt)
+            # The routing key of stt.jobs is the model.
+            with self.metrics.running(message.routing_key):
+                await self._handle(message, attempt)
+        except DeliveryLost:
+            # Nothing to settle: the broker already requeued the job for another daemon.
+            self.counts["abandoned"] += 1
+            self.metrics.job_finished(message.routing_key, "abandoned")
+            log.warning("job.abandoned", reason="delivery channel closed while the job ran")
         except Exception:
             # Reporting the outcome failed (broker trouble, most likely). Never leave
             # the delivery unsettled: it would hold a prefetch slot until the
@@ -132,7 +159,7 @@ class JobHandler:
             await asyncio.sleep(backoff(attempt, self._settings.retry_backoff))
             await self._requeue(message)
         finally:
-            structlog.contextvars.unbind_contextvars("job_id", "attempt")
+            structlog.contextvars.unbind_contextvars("job_id", "attempt", "request_id")
 
     async def _handle(self, message: AbstractIncomingMessage, attempt: int) -> None:
         try:
@@ -149,6 +176,8 @@ class JobHandler:
             await self._fail_undecodable(message, job_id, str(exc))
             return
         structlog.contextvars.bind_contextvars(job_id=job.job_id)
+        if job.message.request_id:
+            structlog.contextvars.bind_contextvars(request_id=job.message.request_id)
         if attempt > self._settings.max_attempts:
             await self._fail(
                 message,
@@ -192,11 +221,14 @@ class JobHandler:
             await self._fail(message, job, attempt, ErrorInfo(code=exc.code, message=str(exc)))
         except JobCancelled:
             await self._cancel(message, job, attempt)
+        except DeliveryLost:
+            raise  # not a job error: nothing to retry here
         except asyncio.CancelledError:
             # Shutdown deadline: stop the worker thread and hand the job back intact.
             cancelled.set()
             await asyncio.shield(self._requeue(message))
             self.counts["handed_back"] += 1
+            self.metrics.job_finished(job.message.options.model, "handed_back")
             log.warning("job.handed_back", reason="shutdown deadline")
             raise
         except Exception as exc:  # transient: anything we did not classify as permanent
@@ -216,7 +248,10 @@ class JobHandler:
         mark = timings.started
         audio = await asyncio.to_thread(self._load_audio, job)
         mark = timings.mark("decode_s", mark)
-        timings.marks["audio_s"] = round(audio.shape[-1] / SAMPLE_RATE, 3)
+        audio_s = audio.shape[-1] / SAMPLE_RATE
+        timings.marks["audio_s"] = round(audio_s, 3)
+        if (too_long := self._admission.refusal(options.model, audio_s)) is not None:
+            raise PermanentError(ErrorCode.AUDIO_TOO_LONG, too_long)
         progress = self._progress_reporter(job, attempt)
         # JobCancelled from the thread means a user cancelled the job: at shutdown the
         # task itself is cancelled first, and the thread's late exception is dropped.
@@ -227,6 +262,7 @@ class JobHandler:
         else:
             result = await asyncio.to_thread(engine.transcribe, audio, options, progress, cancelled)
         timings.mark("transcribe_s", mark)
+        self._admission.observe(options.model, audio_s, timings.marks["transcribe_s"])
         return result
 
     def _load_audio(self, job: InboundJob) -> Audio:
@@ -289,6 +325,12 @@ class JobHandler:
         self, message: AbstractIncomingMessage, job: InboundJob, final: JobEvent, *, ack: bool
     ) -> None:
         """Publish the final event (and RPC reply), then ack or dead-letter, then drop the blob."""
+        if delivery_lost(message):
+            # The broker closed our channel (missed heartbeats while this process was
+            # stopped, a network cut) and handed the job to another daemon. This
+            # delivery can never be acked; publishing its result would only race the
+            # new owner's, and deleting the blob would pull the audio from under it.
+            raise DeliveryLost(final.job_id)
         await self._events.publish(final)
         await self._reply(message, final)
         if ack:
@@ -315,6 +357,7 @@ class JobHandler:
         final = self._event(job, EventType.CANCELLED, attempt, error=info)
         await self._finish(message, job, final, ack=True)
         self.counts["cancelled"] += 1
+        self.metrics.job_finished(job.message.options.model, "cancelled")
         log.info("job.done", status="cancelled", model=job.message.options.model, attempt=attempt)
 
     async def _fail(
@@ -323,6 +366,7 @@ class JobHandler:
         final = self._event(job, EventType.FAILED, attempt, error=error)
         await self._finish(message, job, final, ack=False)
         self.counts["failed"] += 1
+        self.metrics.job_finished(job.message.options.model, "failed", error_code=error.code.value)
         log.warning(
             "job.done",
             status="failed",
@@ -345,6 +389,7 @@ class JobHandler:
         await self._reply(message, event)
         await message.reject(requeue=False)
         self.counts["failed"] += 1
+        self.metrics.job_finished(message.routing_key, "failed", error_code="bad_message")
         log.warning("job.done", status="failed", error_code="bad_message", error=reason)
 
     async def _retry(
@@ -363,6 +408,7 @@ class JobHandler:
         await asyncio.sleep(delay)
         await self._requeue(message)
         self.counts["retried"] += 1
+        self.metrics.job_finished(job.message.options.model, "retried")
 
     async def _requeue(self, message: AbstractIncomingMessage) -> None:
         # If the channel is gone the broker requeues by itself: nothing is lost.
@@ -381,6 +427,12 @@ class JobHandler:
     ) -> None:
         total = time.monotonic() - timings.started
         audio_s = timings.marks.get("audio_s", 0.0)
+        self.metrics.job_finished(
+            job.message.options.model,
+            "succeeded",
+            audio_s=audio_s,
+            transcribe_s=timings.marks.get("transcribe_s"),
+        )
         log.info(
             "job.done",
             status=status,

@@ -163,6 +163,8 @@ class JobMessage(_Wire):
     options: JobOptions = JobOptions()
     audio: AudioRef | None = None
     submitted_at: datetime = Field(default_factory=utcnow)
+    #: The gateway request that submitted the job (``X-Request-ID``), for the daemon's logs.
+    request_id: str | None = Field(default=None, max_length=128)
 
 
 class InboundJob(BaseModel):

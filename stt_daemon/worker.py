@@ -17,6 +17,7 @@ from stt_daemon.control import Cancellations, ControlPlane
 from stt_daemon.engine import Engine
 from stt_daemon.events import EventPublisher
 from stt_daemon.handler import JobHandler
+from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.topology import declare_topology
 
 log = structlog.get_logger("stt_daemon.worker")
@@ -43,9 +44,15 @@ async def connect(settings: DaemonSettings, role: str) -> AbstractRobustConnecti
 class Daemon:
     """Consumes job queues and runs each delivery as a task until asked to stop."""
 
-    def __init__(self, settings: DaemonSettings, engines: Mapping[str, Engine]) -> None:
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        engines: Mapping[str, Engine],
+        metrics: DaemonMetrics | None = None,
+    ) -> None:
         self._settings = settings
         self._engines = engines
+        self._metrics = metrics
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumers: list[tuple[AbstractQueue, str]] = []
@@ -76,6 +83,7 @@ class Daemon:
                 BlobStore(settings.resolved_blob_url),
                 events,
                 cancellations,
+                self._metrics,
             )
             control = ControlPlane(settings, self._engines, lambda: len(self._tasks), cancellations)
             assert topology.control_exchange is not None

@@ -13,14 +13,16 @@ import structlog
 from fastapi import APIRouter, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
+from gateway.auth import REQUIRE_KEY, OwnerDep
 from gateway.broker import BrokerUnavailable, QueueFull, UnroutableJob
 from gateway.errors import QUEUE_FULL_DETAIL
-from gateway.services import ServicesDep, get_services
+from gateway.services import IdempotencyKey, ServicesDep, get_services
 from gateway.uploads import receive_upload
 from stt_daemon.blobs import BlobTooLarge
 from stt_daemon.protocol import JobStatus
 
-router = APIRouter(tags=["original API"])
+# The websocket too: a refused key closes the handshake (HTTP 403) before accept().
+router = APIRouter(tags=["original API"], dependencies=[REQUIRE_KEY])
 log = structlog.get_logger("gateway.compat")
 
 INVALID_ID = "Invalid task ID"
@@ -35,28 +37,38 @@ _STATUS = {
 
 
 @router.post("/translate", status_code=202)
-async def translate(request: Request, services: ServicesDep) -> JSONResponse:
+async def translate(
+    request: Request,
+    services: ServicesDep,
+    owner: OwnerDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
     """Upload audio as multipart ``file``; answers ``{"task_id": ...}``."""
     upload = await receive_upload(request, services.blobs, services.settings.max_upload_bytes)
     options = services.job_options({})
     assert upload.blob is not None
     record = await services.submit(
-        upload.blob, options, filename=upload.filename, content_type=upload.content_type
+        upload.blob,
+        options,
+        filename=upload.filename,
+        content_type=upload.content_type,
+        owner=owner,
+        idempotency_key=idempotency_key,
     )
     return JSONResponse({"task_id": record.id}, status_code=202)
 
 
 @router.get("/status/{task_id}")
-async def status(task_id: str, services: ServicesDep) -> JSONResponse:
+async def status(task_id: str, services: ServicesDep, owner: OwnerDep) -> JSONResponse:
     """``{"status": "pending" | "finished" | "failed"}``."""
-    record = await services.job_or_404(task_id, INVALID_ID)
+    record = await services.job_or_404(task_id, INVALID_ID, owner=owner)
     return JSONResponse({"status": _STATUS[record.status]})
 
 
 @router.get("/result/{task_id}")
-async def result(task_id: str, services: ServicesDep) -> JSONResponse:
+async def result(task_id: str, services: ServicesDep, owner: OwnerDep) -> JSONResponse:
     """``{"result": text}``; a failed job gives ``{"error": reason}``, an early ask a 400."""
-    record = await services.job_or_404(task_id, INVALID_ID)
+    record = await services.job_or_404(task_id, INVALID_ID, owner=owner)
     if record.status is JobStatus.SUCCEEDED and record.result is not None:
         return JSONResponse({"result": record.result.text})
     if record.status in (JobStatus.FAILED, JobStatus.CANCELLED):
@@ -66,7 +78,7 @@ async def result(task_id: str, services: ServicesDep) -> JSONResponse:
 
 
 @router.websocket("/ws/test")
-async def ws_test(websocket: WebSocket) -> None:
+async def ws_test(websocket: WebSocket, owner: OwnerDep) -> None:
     """Receive one binary message of audio; answer ``{"task_id": ...}`` and close."""
     services = get_services(websocket)
     await websocket.accept()
@@ -88,7 +100,7 @@ async def ws_test(websocket: WebSocket) -> None:
         blob = services.blobs.writer(services.settings.max_upload_bytes)
         blob.write(data)
         record = await services.submit(
-            blob, services.job_options({}), filename=None, content_type=None
+            blob, services.job_options({}), filename=None, content_type=None, owner=owner
         )
         reply = {"task_id": record.id}
     except BlobTooLarge:
@@ -97,5 +109,7 @@ async def ws_test(websocket: WebSocket) -> None:
         reply, close_code = {"detail": QUEUE_FULL_DETAIL, "status_code": 429}, 1013
     except (BrokerUnavailable, UnroutableJob):
         reply, close_code = {"detail": "the job queue is unavailable", "status_code": 503}, 1013
+    except HTTPException as exc:  # STT_KEY_MAX_ACTIVE reached
+        reply, close_code = {"detail": exc.detail, "status_code": exc.status_code}, 1013
     await websocket.send_json(reply)
     await websocket.close(code=close_code)

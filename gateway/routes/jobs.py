@@ -8,13 +8,14 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel
 
+from gateway.auth import REQUIRE_KEY, OwnerDep
 from gateway.formats import MEDIA_TYPES, ResultFormat, render
-from gateway.services import ServicesDep
+from gateway.services import IdempotencyKey, ServicesDep
 from gateway.store import JobRecord
 from gateway.uploads import receive_upload
 from stt_daemon.protocol import ErrorInfo, JobStatus, TranscriptResult
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[REQUIRE_KEY])
 
 
 class JobView(BaseModel):
@@ -53,7 +54,13 @@ class JobView(BaseModel):
 
 
 @router.post("", status_code=202, response_model=JobView)
-async def create_job(request: Request, response: Response, services: ServicesDep) -> JobView:
+async def create_job(
+    request: Request,
+    response: Response,
+    services: ServicesDep,
+    owner: OwnerDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JobView:
     """Upload audio (multipart ``file``; optional ``model``, ``language``, ``task``,
     ``word_timestamps``). Answers 202 once the broker has confirmed the job."""
     upload = await receive_upload(request, services.blobs, services.settings.max_upload_bytes)
@@ -64,24 +71,29 @@ async def create_job(request: Request, response: Response, services: ServicesDep
         raise
     assert upload.blob is not None
     record = await services.submit(
-        upload.blob, options, filename=upload.filename, content_type=upload.content_type
+        upload.blob,
+        options,
+        filename=upload.filename,
+        content_type=upload.content_type,
+        owner=owner,
+        idempotency_key=idempotency_key,
     )
     response.headers["Location"] = f"/v1/jobs/{record.id}"
     return JobView.of(record)
 
 
 @router.delete("/{job_id}", response_model=JobView)
-async def cancel_job(job_id: str, services: ServicesDep) -> JobView:
+async def cancel_job(job_id: str, services: ServicesDep, owner: OwnerDep) -> JobView:
     """Cancel a job: a queued one is skipped by the daemons, a running one stopped
     (best effort: one about to finish may still finish, but stays cancelled here).
     409 if the job is already final."""
-    return JobView.of(await services.cancel(job_id))
+    return JobView.of(await services.cancel(job_id, owner=owner))
 
 
 @router.get("/{job_id}", response_model=JobView)
-async def get_job(job_id: str, services: ServicesDep) -> JobView:
+async def get_job(job_id: str, services: ServicesDep, owner: OwnerDep) -> JobView:
     """Status, timestamps, progress and error of a job."""
-    return JobView.of(await services.job_or_404(job_id))
+    return JobView.of(await services.job_or_404(job_id, owner=owner))
 
 
 @router.get(
@@ -90,11 +102,14 @@ async def get_job(job_id: str, services: ServicesDep) -> JobView:
     responses={200: {"content": {t: {} for t in set(MEDIA_TYPES.values())}}},
 )
 async def get_result(
-    job_id: str, services: ServicesDep, format: ResultFormat = ResultFormat.JSON
+    job_id: str,
+    services: ServicesDep,
+    owner: OwnerDep,
+    format: ResultFormat = ResultFormat.JSON,
 ) -> Response:
     """The transcript: ``json`` (default: text, language, duration, segments, words when
     asked), ``verbose_json``, ``text``, ``srt``, ``vtt`` or ``tsv``."""
-    record = await services.job_or_404(job_id)
+    record = await services.job_or_404(job_id, owner=owner)
     if record.status is JobStatus.FAILED:
         reason = record.error.message if record.error else "unknown reason"
         raise HTTPException(409, f"job failed: {reason}")

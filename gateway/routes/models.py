@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from gateway.auth import REQUIRE_KEY
 from gateway.services import ServicesDep
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[REQUIRE_KEY])
 
 
 @router.get("")

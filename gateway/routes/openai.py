@@ -20,15 +20,17 @@ import structlog
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
+from gateway.auth import REQUIRE_KEY_OPENAI, OpenAIOwnerDep
 from gateway.broker import BrokerUnavailable, QueueFull, UnroutableJob
-from gateway.errors import QUEUE_FULL_DETAIL
+from gateway.errors import QUEUE_FULL_DETAIL, openai_error
 from gateway.formats import ResultFormat, render, to_verbose_json
 from gateway.services import Services, ServicesDep
 from gateway.store import JobRecord
 from gateway.uploads import receive_upload
 from stt_daemon.protocol import ErrorCode, JobOptions, JobStatus, Task, TranscriptResult
 
-router = APIRouter(prefix="/v1/audio", tags=["openai"])
+# Keys are checked before the upload is read; a refusal is in OpenAI's shape too.
+router = APIRouter(prefix="/v1/audio", tags=["openai"], dependencies=[REQUIRE_KEY_OPENAI])
 log = structlog.get_logger("gateway.openai")
 
 #: Model names OpenAI clients send (``whisper-1``, ``gpt-4o-transcribe``...): "the default model".
@@ -77,9 +79,9 @@ class OpenAIError(Exception):
 
     def response(self) -> JSONResponse:
         """The JSON response OpenAI would send."""
-        kind = "server_error" if self.status >= 500 else "invalid_request_error"
-        error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
-        return JSONResponse({"error": error}, status_code=self.status, headers=self.headers)
+        return openai_error(
+            self.status, self.message, param=self.param, code=self.code, headers=self.headers
+        )
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,9 @@ def _options(services: Services, fields: dict[str, Any]) -> JobOptions:
         raise OpenAIError(400, str(exc.detail), param=param, code=code) from None
 
 
-async def _transcribe(request: Request, services: Services, task: Task) -> Response:
+async def _transcribe(
+    request: Request, services: Services, task: Task, owner: str | None
+) -> Response:
     settings = services.settings
     upload = await receive_upload(request, services.blobs, settings.max_upload_bytes)
     try:
@@ -232,7 +236,11 @@ async def _transcribe(request: Request, services: Services, task: Task) -> Respo
         raise
     assert upload.blob is not None
     record = await services.submit(
-        upload.blob, options, filename=upload.filename, content_type=upload.content_type
+        upload.blob,
+        options,
+        filename=upload.filename,
+        content_type=upload.content_type,
+        owner=owner,
     )
     final = await wait_final(services, request, record.id)
     if final is None:
@@ -263,9 +271,9 @@ def as_openai_error(exc: Exception, retry_after: int) -> OpenAIError:
     return OpenAIError(500, "internal server error")
 
 
-async def _answer(request: Request, services: Services, task: Task) -> Response:
+async def _answer(request: Request, services: Services, task: Task, owner: str | None) -> Response:
     try:
-        return await _transcribe(request, services, task)
+        return await _transcribe(request, services, task, owner)
     except Exception as exc:
         if isinstance(exc, BrokerUnavailable):
             log.warning("broker.unavailable", path=request.url.path, error=str(exc))
@@ -299,6 +307,7 @@ _ERROR = {"description": "OpenAI's error shape: {'error': {message, type, param,
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/json": {}, "text/plain": {}, "text/vtt": {}}},
     400: _ERROR,
+    401: _ERROR,
     429: _ERROR,
     503: _ERROR,
     504: _ERROR,
@@ -306,12 +315,16 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/transcriptions", openapi_extra=_form_schema(Task.TRANSCRIBE), responses=_RESPONSES)
-async def create_transcription(request: Request, services: ServicesDep) -> Response:
+async def create_transcription(
+    request: Request, services: ServicesDep, owner: OpenAIOwnerDep
+) -> Response:
     """OpenAI's ``audio.transcriptions.create``: waits for the job, answers the transcript."""
-    return await _answer(request, services, Task.TRANSCRIBE)
+    return await _answer(request, services, Task.TRANSCRIBE, owner)
 
 
 @router.post("/translations", openapi_extra=_form_schema(Task.TRANSLATE), responses=_RESPONSES)
-async def create_translation(request: Request, services: ServicesDep) -> Response:
+async def create_translation(
+    request: Request, services: ServicesDep, owner: OpenAIOwnerDep
+) -> Response:
     """OpenAI's ``audio.translations.create``: speech in any language, English text."""
-    return await _answer(request, services, Task.TRANSLATE)
+    return await _answer(request, services, Task.TRANSLATE, owner)
