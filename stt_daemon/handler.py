@@ -43,6 +43,7 @@ from stt_daemon.protocol import (
     decode_job,
     utcnow,
 )
+from stt_daemon.quarantine import Quarantine, previous_deliveries
 
 log = structlog.get_logger("stt_daemon.handler")
 
@@ -81,15 +82,6 @@ class Timings:
         return now
 
 
-def delivery_count(message: AbstractIncomingMessage) -> int:
-    """How many times the broker delivered this message before (quorum queues count it)."""
-    value = (message.headers or {}).get("x-delivery-count", 0)
-    try:
-        return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return 0
-
-
 def backoff(attempt: int, base: float, cap: float = 60.0) -> float:
     """Exponential backoff with full jitter (spreads retries of many jobs apart)."""
     return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
@@ -120,6 +112,7 @@ class JobHandler:
         events: EventPublisher,
         cancellations: Cancellations | None = None,
         metrics: DaemonMetrics | None = None,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self._settings = settings
         self.metrics = metrics or DaemonMetrics()
@@ -129,6 +122,7 @@ class JobHandler:
         self._events = events
         self._cancellations = cancellations or Cancellations()
         self._admission = Admission(settings.ack_timeout, settings.assumed_rtf)
+        self._quarantine = quarantine
         self.counts: dict[str, int] = {
             "succeeded": 0,
             "failed": 0,
@@ -136,13 +130,19 @@ class JobHandler:
             "retried": 0,
             "handed_back": 0,
             "abandoned": 0,
+            "quarantined": 0,
         }
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         """Process one delivery to the end: exactly one of ack, reject or requeue."""
-        attempt = delivery_count(message) + 1
+        attempt = previous_deliveries(message) + 1
         structlog.contextvars.bind_contextvars(job_id=message.message_id, attempt=attempt)
         try:
+            if self._quarantine is not None and self._quarantine.wants(message):
+                await self._quarantine.admit(message)
+                self.counts["quarantined"] += 1
+                log.info("job.quarantined", reason="redelivered: runs apart from other jobs")
+                return
             # The routing key of stt.jobs is the model.
             with self.metrics.running(message.routing_key):
                 await self._handle(message, attempt)

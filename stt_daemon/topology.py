@@ -43,6 +43,15 @@ class Names:
         return f"{self.prefix}.jobs.{check_model_name(model)}"
 
     @property
+    def quarantine_exchange(self) -> str:
+        """Direct exchange of redelivered jobs, run apart from the others; key = model."""
+        return f"{self.prefix}.quarantine"
+
+    def quarantine_queue(self, model: str) -> str:
+        """Where a model's redelivered jobs wait to run one at a time per daemon."""
+        return f"{self.prefix}.quarantine.{check_model_name(model)}"
+
+    @property
     def dead_exchange(self) -> str:
         """Fanout exchange that receives dead-lettered jobs."""
         return f"{self.prefix}.dead"
@@ -106,6 +115,7 @@ class Topology:
     jobs_exchange: AbstractExchange
     results_exchange: AbstractExchange
     control_exchange: AbstractExchange | None = None
+    quarantine_exchange: AbstractExchange | None = None
     job_queues: dict[str, AbstractQueue] = field(default_factory=dict)
     dead_queue: AbstractQueue | None = None
     recorder_queue: AbstractQueue | None = None
@@ -136,22 +146,31 @@ async def declare_topology(
     )
     topology = Topology(names, jobs_exchange, results_exchange, dead_queue=dead_queue)
 
+    quarantine_exchange = await channel.declare_exchange(
+        names.quarantine_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    topology.quarantine_exchange = quarantine_exchange
+    job_arguments = {
+        **durable_quorum,
+        "x-overflow": "reject-publish",
+        "x-delivery-limit": limits.delivery_limit,
+        "x-dead-letter-exchange": names.dead_exchange,
+        # at-least-once: a dead-lettered job is kept until the dead queue confirms it.
+        "x-dead-letter-strategy": "at-least-once",
+    }
     for model in models:
         queue = await channel.declare_queue(
             names.job_queue(model),
             durable=True,
-            arguments={
-                **durable_quorum,
-                "x-max-length": broker_max_length(limits.max_queued),
-                "x-overflow": "reject-publish",
-                "x-delivery-limit": limits.delivery_limit,
-                "x-dead-letter-exchange": names.dead_exchange,
-                # at-least-once: a dead-lettered job is kept until the dead queue confirms it.
-                "x-dead-letter-strategy": "at-least-once",
-            },
+            arguments={**job_arguments, "x-max-length": broker_max_length(limits.max_queued)},
         )
         await queue.bind(jobs_exchange, routing_key=model)
         topology.job_queues[model] = queue
+        # No length limit of its own: every job here was admitted once already.
+        quarantine = await channel.declare_queue(
+            names.quarantine_queue(model), durable=True, arguments=job_arguments
+        )
+        await quarantine.bind(quarantine_exchange, routing_key=model)
 
     # Declared here, not by the gateway alone, so that events published while no
     # gateway runs are kept for the status store instead of being dropped.

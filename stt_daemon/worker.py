@@ -18,6 +18,7 @@ from stt_daemon.engine import Engine
 from stt_daemon.events import EventPublisher
 from stt_daemon.handler import JobHandler
 from stt_daemon.metrics import DaemonMetrics
+from stt_daemon.quarantine import Quarantine
 from stt_daemon.topology import declare_topology
 
 log = structlog.get_logger("stt_daemon.worker")
@@ -84,6 +85,7 @@ class Daemon:
                 events,
                 cancellations,
                 self._metrics,
+                await self._quarantine(publish_conn),
             )
             control = ControlPlane(settings, self._engines, lambda: len(self._tasks), cancellations)
             assert topology.control_exchange is not None
@@ -99,22 +101,36 @@ class Daemon:
             await consume_conn.close()
             await publish_conn.close()
 
+    async def _quarantine(self, conn: AbstractRobustConnection) -> Quarantine | None:
+        """Where redelivered jobs go; None when this daemon runs one job at a time anyway."""
+        if self._settings.prefetch == 1:
+            return None
+        # A channel of its own, so that a job that cannot be routed raises, not vanishes.
+        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await channel.get_exchange(self._settings.names.quarantine_exchange)
+        return Quarantine(exchange, self._settings.publish_timeout)
+
     async def _start_consumers(self, conn: AbstractRobustConnection, handler: JobHandler) -> None:
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            task = asyncio.create_task(handler.handle(message))
+            # Keep a reference: the loop holds tasks only weakly.
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+        names = self._settings.names
         for model in self._engines:
-            # One channel per model: prefetch is per consumer, and quorum queues do
-            # not support channel-global QoS.
-            channel = await conn.channel()
-            await channel.set_qos(prefetch_count=self._settings.prefetch)
-            queue = await channel.get_queue(self._settings.names.job_queue(model), ensure=True)
-
-            async def on_message(message: AbstractIncomingMessage) -> None:
-                task = asyncio.create_task(handler.handle(message))
-                # Keep a reference: the loop holds tasks only weakly.
-                self._tasks.add(task)
-                task.add_done_callback(self._task_done)
-
-            tag = await queue.consume(on_message)
-            self._consumers.append((queue, tag))
+            # One channel per queue: prefetch is per consumer, and quorum queues do
+            # not support channel-global QoS. Quarantined jobs come one at a time,
+            # so no two of them ever share a process that one of them crashes.
+            for queue_name, prefetch in (
+                (names.job_queue(model), self._settings.prefetch),
+                (names.quarantine_queue(model), 1),
+            ):
+                channel = await conn.channel()
+                await channel.set_qos(prefetch_count=prefetch)
+                queue = await channel.get_queue(queue_name, ensure=True)
+                tag = await queue.consume(on_message)
+                self._consumers.append((queue, tag))
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -1,0 +1,74 @@
+"""Quarantine: a redelivered job runs apart, so a job that crashes its daemon dies alone.
+
+When a daemon process dies (a segfault, the OOM killer), every job it held comes
+back with its delivery count raised, the innocent ones beside the culprit too;
+sent back together, they would die together again until all of them ran out of
+attempts. So a daemon that runs several jobs at once does not run a redelivered
+job among the others: it moves it to the model's quarantine queue, which every
+daemon consumes one job at a time. A job that crashes again there takes along
+only the first attempts of fresh jobs, never another quarantined one, and the
+attempts a job has used travel with it in a header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+
+#: Deliveries a job had before it was moved to quarantine (its count there starts at 0).
+ATTEMPTS_HEADER = "x-stt-attempts"
+
+
+def _int_header(message: AbstractIncomingMessage, name: str) -> int:
+    try:
+        return int((message.headers or {}).get(name, 0))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0
+
+
+def previous_deliveries(message: AbstractIncomingMessage) -> int:
+    """Deliveries of this job before this one, in the job queue and in quarantine."""
+    return _int_header(message, "x-delivery-count") + _int_header(message, ATTEMPTS_HEADER)
+
+
+class Quarantine:
+    """Moves redelivered jobs from a model's job queue to its quarantine queue."""
+
+    def __init__(self, exchange: AbstractExchange, timeout: float) -> None:
+        self._exchange = exchange
+        self._timeout = timeout
+
+    def wants(self, message: AbstractIncomingMessage) -> bool:
+        """True for a job delivered before, that is not in quarantine already."""
+        return message.exchange != self._exchange.name and previous_deliveries(message) > 0
+
+    async def admit(self, message: AbstractIncomingMessage) -> None:
+        """Publish a copy to quarantine (confirmed), then ack the original."""
+        headers = {
+            key: value
+            for key, value in (message.headers or {}).items()
+            if not key.startswith("x-delivery-")
+        }
+        headers[ATTEMPTS_HEADER] = previous_deliveries(message)
+        copy = aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            priority=message.priority,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            message_id=message.message_id,
+            timestamp=message.timestamp,
+            type=message.type,
+            app_id=message.app_id,
+        )
+        # The routing key of a job queue's messages is the model: keep it.
+        async with asyncio.timeout(self._timeout):
+            await self._exchange.publish(
+                copy, routing_key=message.routing_key or "", mandatory=True
+            )
+        await message.ack()
