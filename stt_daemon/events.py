@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aio_pika.exceptions import AMQPError, DeliveryError
+from pamqp.commands import Basic
 
 from stt_daemon.protocol import JSON_CONTENT_TYPE, EventType, JobEvent
+
+log = structlog.get_logger("stt_daemon.events")
 
 
 def event_message(event: JobEvent, *, correlation_id: str | None = None) -> aio_pika.Message:
@@ -31,16 +37,43 @@ class EventPublisher:
     """Publishes events on a channel with publisher confirms; every publish has a timeout."""
 
     def __init__(
-        self, channel: AbstractChannel, exchange: AbstractExchange, timeout: float
+        self,
+        channel: AbstractChannel,
+        exchange: AbstractExchange,
+        timeout: float,
+        connection: AbstractConnection | None = None,
     ) -> None:
         self._channel = channel
         self._exchange = exchange
         self._timeout = timeout
+        self._connection = connection
 
     async def publish(self, event: JobEvent) -> None:
         """Publish and wait for the broker's confirm (aio-pika #636: never wait forever)."""
-        async with asyncio.timeout(self._timeout):
-            await self._exchange.publish(event_message(event), routing_key=event.event.value)
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._exchange.publish(event_message(event), routing_key=event.event.value)
+        except DeliveryError as exc:
+            if isinstance(exc.frame, Basic.Nack):
+                # Seen on RabbitMQ 3.10 after a queue leader died: one channel
+                # kept nacking for minutes. The retry gets a fresh channel.
+                await self._renew_channel()
+            raise
+
+    async def _renew_channel(self) -> None:
+        if self._connection is None:
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                channel = await self._connection.channel(publisher_confirms=True)
+                self._exchange = await channel.get_exchange(self._exchange.name, ensure=False)
+        except (TimeoutError, AMQPError, ConnectionError, RuntimeError) as exc:
+            log.warning("events.channel_not_renewed", error=f"{type(exc).__name__}: {exc}")
+            return
+        old, self._channel = self._channel, channel
+        with contextlib.suppress(Exception):
+            await old.close()
+        log.info("events.channel_renewed")
 
     async def reply(self, event: JobEvent, reply_to: str, correlation_id: str | None) -> None:
         """Send the final event to an RPC caller (``reply_to``, direct reply-to included)."""

@@ -69,13 +69,17 @@ class Daemon:
         # also stall the consumer side (acks, heartbeats) of the same connection.
         consume_conn = await connect(settings, "consume")
         publish_conn = await connect(settings, "publish")
+        # The control plane reads a stream: in a cluster, a node whose replica of it
+        # is not running yet closes the whole connection (RESOURCE_ERROR). That must
+        # not stop job consumption, so the stream gets a connection of its own.
+        control_conn = await connect(settings, "control")
         try:
             publish_channel = await publish_conn.channel(publisher_confirms=True)
             topology = await declare_topology(
                 publish_channel, settings.names, self._engines, settings.queue_limits
             )
             events = EventPublisher(
-                publish_channel, topology.results_exchange, settings.publish_timeout
+                publish_channel, topology.results_exchange, settings.publish_timeout, publish_conn
             )
             cancellations = Cancellations()
             handler = JobHandler(
@@ -89,7 +93,7 @@ class Daemon:
             )
             control = ControlPlane(settings, self._engines, lambda: len(self._tasks), cancellations)
             assert topology.control_exchange is not None
-            await control.start(await consume_conn.channel(), topology.control_exchange)
+            await control.start(await control_conn.channel(), topology.control_exchange)
             await control.caught_up()
             await self._start_consumers(consume_conn, handler)
             log.info("daemon.ready", models=list(self._engines), prefetch=settings.prefetch)
@@ -100,6 +104,7 @@ class Daemon:
             # Closed last so heartbeats keep flowing while in-flight jobs finish.
             await consume_conn.close()
             await publish_conn.close()
+            await control_conn.close()
 
     async def _quarantine(self, conn: AbstractRobustConnection) -> Quarantine | None:
         """Where redelivered jobs go; None when this daemon runs one job at a time anyway."""
