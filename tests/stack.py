@@ -279,3 +279,24 @@ async def drain_dead_letters(
             continue
         got.append(message)
     return got
+
+
+_SCRIPT = Path(sys.executable).parent / "stt"
+#: The ``stt`` console script of this venv (or the module, when not installed).
+STT = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "gateway.cli"]
+
+
+async def stt(*args: str, timeout: float = 180, **env: str) -> tuple[int, str, str]:
+    """Run ``stt ARGS`` as a user would; its exit code, stdout and stderr."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("STT_URL", "STT_API_KEY")}
+    proc = await asyncio.create_subprocess_exec(
+        *STT,
+        *args,
+        cwd=REPO,
+        env={**environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +14,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from stack import JFK, JFK_WORDS, REPO, Gateway, Stack, normalise
+from stack import JFK, JFK_WORDS, Gateway, Stack, normalise, stt
 
 pytestmark = pytest.mark.integration
 
@@ -26,9 +23,6 @@ K1 = f"k1-{uuid.uuid4().hex}"
 K2 = f"k2-{uuid.uuid4().hex}"
 KEYS = f"{K1},{K2}"
 UNKNOWN = {"detail": "job not found"}
-
-_SCRIPT = Path(sys.executable).parent / "stt"
-STT = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "gateway.cli"]
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -66,22 +60,6 @@ async def wait_final(gw: Gateway, job_id: str, key: str, timeout: float = 120) -
 def ws_url(gw: Gateway) -> str:
     """The original API's websocket."""
     return gw.url.replace("http://", "ws://") + "/ws/test"
-
-
-async def stt(*args: str, **env: str) -> tuple[int, str, str]:
-    """Run the ``stt`` command; its exit code, stdout and stderr."""
-    environ = {k: v for k, v in os.environ.items() if k not in ("STT_URL", "STT_API_KEY")}
-    proc = await asyncio.create_subprocess_exec(
-        *STT,
-        *args,
-        cwd=REPO,
-        env={**environ, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 180)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_every_endpoint_but_the_probes_needs_a_key(stack: Stack) -> None:

@@ -2,40 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-from stack import HOTWORDS, JFK, JFK_WORDS, REPO, Stack, normalise
+from stack import HOTWORDS, JFK, JFK_WORDS, Stack, normalise, stt
 from stt_daemon.localbroker import free_port
 
 pytestmark = pytest.mark.integration
 
 # The installed console script when there is one, so its entry point is tested too.
-_SCRIPT = Path(sys.executable).parent / "stt"
-STT = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "gateway.cli"]
 CUE_TIME = re.compile(r"^\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}$")
-
-
-async def stt(*args: str, timeout: float = 180, **env: str) -> tuple[int, str, str]:
-    """Run ``stt ARGS``; its exit code, stdout and stderr."""
-    environ = {k: v for k, v in os.environ.items() if k not in ("STT_URL", "STT_API_KEY")}
-    proc = await asyncio.create_subprocess_exec(
-        *STT,
-        *args,
-        cwd=REPO,
-        env={**environ, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def assert_valid_srt(text: str) -> None:
