@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import redis.exceptions
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -65,6 +66,14 @@ def install_error_handlers(app: FastAPI, retry_after: int) -> None:
         )
         return JSONResponse({"detail": f"invalid request: {problems}"}, status_code=422)
 
+    async def store_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("store.unavailable", path=request.url.path, error=str(exc))
+        return JSONResponse(
+            {"detail": "the status store is unavailable; try again shortly"},
+            status_code=503,
+            headers={"Retry-After": str(retry_after)},
+        )
+
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("request.failed", path=request.url.path)
         return JSONResponse({"detail": "internal server error"}, status_code=500)
@@ -73,4 +82,7 @@ def install_error_handlers(app: FastAPI, retry_after: int) -> None:
     app.add_exception_handler(BrokerUnavailable, unavailable)
     app.add_exception_handler(UnroutableJob, unroutable)
     app.add_exception_handler(RequestValidationError, invalid)
+    # Redis down or unreachable (both subclass redis' own error, not the builtins).
+    app.add_exception_handler(redis.exceptions.ConnectionError, store_down)
+    app.add_exception_handler(redis.exceptions.TimeoutError, store_down)
     app.add_exception_handler(Exception, internal)

@@ -26,7 +26,10 @@ def model_name(spec: str) -> str:
 class CommonSettings(BaseSettings):
     """Settings shared by the gateway and the daemons."""
 
-    model_config = SettingsConfigDict(env_prefix="STT_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a refused URL must not print its password in the error.
+    model_config = SettingsConfigDict(
+        env_prefix="STT_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     #: Default home of the SQLite status store and the blob directory.

@@ -109,5 +109,9 @@ async def test_readyz_reports_an_unreachable_redis(stack: Stack) -> None:
     gw = await stack.gateway(wait_ready=False, STT_STATUS_URL=f"redis://127.0.0.1:{free_port()}/0")
     async with gw.client() as client:
         response = await client.get("/readyz")
-    assert response.status_code == 503
-    assert response.json()["checks"]["store"].startswith("error")
+        assert response.status_code == 503
+        assert response.json()["checks"]["store"].startswith("error")
+        # Reads answer 503 with a sentence too, never a 500.
+        job = await client.get("/v1/jobs/some-id")
+        assert job.status_code == 503, job.text
+        assert job.json() == {"detail": "the status store is unavailable; try again shortly"}
