@@ -52,10 +52,32 @@ def redis_url() -> Iterator[str]:
         node.stop()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``both_stores`` run once on SQLite and once on Redis."""
+    if "stack" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_stores"):
+        metafunc.parametrize("status_store", ["sqlite", "redis"], indirect=True)
+
+
 @pytest.fixture
-async def stack(amqp_url: str, tmp_path: Path, audio_dir: Path) -> AsyncIterator[Stack]:
+def status_store(request: pytest.FixtureRequest) -> str:
+    """The status store a stack's gateways use (SQLite unless parametrized)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+async def stack(
+    amqp_url: str,
+    tmp_path: Path,
+    audio_dir: Path,
+    status_store: str,
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Stack]:
     """An isolated deployment (unique queue names, own data dir); processes stopped after."""
-    s = Stack(amqp_url=amqp_url, data_dir=tmp_path)
+    env = {}
+    if status_store == "redis":
+        # Keys live under the stack's namespace, so stacks sharing one Redis never meet.
+        env["STT_STATUS_URL"] = request.getfixturevalue("redis_url")
+    s = Stack(amqp_url=amqp_url, data_dir=tmp_path, env=env)
     try:
         yield s
     finally:

@@ -15,7 +15,7 @@ from audiofiles import repeated
 from stack import JFK, Gateway, Stack, event_tap
 from stt_daemon.models import resolve
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_stores]
 
 FAST = {"STT_ANNOUNCE_INTERVAL": "0.5"}
 

@@ -268,6 +268,7 @@ async def test_innocent_jobs_beside_a_poison_job_are_not_failed_with_it(
     assert any(line["event"] == "job.quarantined" for proc in runs for line in proc.log_lines())
 
 
+@pytest.mark.both_stores
 async def test_gateway_restart_keeps_statuses_and_recorder_resumes(stack: Stack) -> None:
     gw = await stack.gateway()
     daemon = await stack.daemon()

@@ -12,7 +12,7 @@ from stack import JFK, JFK_WORDS, Stack, normalise
 from stt_daemon.localbroker import free_port
 from stt_daemon.topology import QueueLimits, declare_topology
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_stores]
 
 
 async def test_job_lifecycle_with_word_timestamps(stack: Stack) -> None:

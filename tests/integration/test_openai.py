@@ -14,7 +14,7 @@ import pytest
 from stack import HOTWORDS, JFK, JFK_WORDS, Gateway, Stack, normalise
 from stt_daemon.localbroker import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_stores]
 
 SRT_TIME = r"\d{2}:\d{2}:\d{2},\d{3} --> \d{2}:\d{2}:\d{2},\d{3}"
 

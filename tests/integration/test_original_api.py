@@ -10,7 +10,7 @@ import websockets
 
 from stack import JFK, JFK_WORDS, Gateway, Stack, normalise
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_stores]
 
 
 async def _poll_status(gw: Gateway, task_id: str, want: str, timeout: float = 120) -> None:
