@@ -5,9 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.auth import REQUIRE_KEY
 from gateway.services import ServicesDep
 
-router = APIRouter(tags=["metrics"])
+# Behind the API key like every endpoint but the probes: it tells traffic and models.
+router = APIRouter(tags=["metrics"], dependencies=[REQUIRE_KEY])
 
 
 @router.get("/metrics", response_class=Response)

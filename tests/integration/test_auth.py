@@ -73,6 +73,7 @@ async def test_every_endpoint_but_the_probes_needs_a_key(stack: Stack) -> None:
         ("GET", "/status/x", {}),
         ("GET", "/result/x", {}),
         ("GET", "/v1/models", {}),
+        ("GET", "/metrics", {}),
     ]
     async with gw.client() as client:
         for method, path, kwargs in requests:
@@ -96,6 +97,7 @@ async def test_every_endpoint_but_the_probes_needs_a_key(stack: Stack) -> None:
         models = await client.get("/v1/models", headers=bearer(K2))
         assert models.status_code == 200 and models.json()["object"] == "list"
         assert (await client.get("/status/x", headers=bearer(K1))).status_code == 404
+        assert (await client.get("/metrics", headers=bearer(K1))).status_code == 200
     # The websocket refuses the handshake itself.
     for headers in ({}, bearer("wrong")):
         with pytest.raises(InvalidStatus) as refused:
