@@ -1,5 +1,5 @@
 # The two commands of the README, plus the checks CI runs.
-.PHONY: up test lint bootstrap
+.PHONY: up test lint bootstrap bench
 
 bootstrap:
 	@deploy/local/bootstrap
@@ -16,3 +16,7 @@ lint: bootstrap
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
+
+# The benchmark (README "Benchmarks"): private broker, gateway and daemons; table + JSON.
+bench: bootstrap
+	.venv/bin/python tests/benchmark/run.py $(BENCH_ARGS)

@@ -16,6 +16,7 @@ from stt_daemon.engine import Engine, WhisperEngine, threads_per_job
 from stt_daemon.logs import configure_logging
 from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.models import ModelNotFound, resolve
+from stt_daemon.standin import standin_engines
 from stt_daemon.worker import Daemon
 
 log = structlog.get_logger("stt_daemon")
@@ -23,6 +24,8 @@ log = structlog.get_logger("stt_daemon")
 
 def load_engines(settings: DaemonSettings) -> dict[str, Engine]:
     """Load every configured model once, before consuming anything."""
+    if settings.engine == "standin":
+        return standin_engines(settings)
     engines: dict[str, Engine] = {}
     threads = threads_per_job(settings.cpu_threads, settings.prefetch)
     for spec in settings.models:

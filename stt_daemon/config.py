@@ -140,6 +140,10 @@ class DaemonSettings(CommonSettings):
     assumed_rtf: float = Field(default=0.5, gt=0)
     #: Port of the Prometheus ``/metrics`` endpoint (all interfaces); 0 = not served.
     metrics_port: int = Field(default=9400, ge=0, le=65535)
+    #: ``standin`` sleeps instead of transcribing: for testing and benchmarks only.
+    engine: Literal["whisper", "standin"] = "whisper"
+    #: Stand-in engine: seconds of (idle) wall time per second of audio.
+    standin_rtf: float = Field(default=0.05, ge=0)
 
     @model_validator(mode="after")
     def _limits_agree(self) -> DaemonSettings:

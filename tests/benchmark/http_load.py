@@ -1,0 +1,167 @@
+"""Gateway sections: submissions and polls per second, latency at a fixed rate, upload memory."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import time
+import wave
+from collections.abc import Awaitable, Callable
+
+import httpx
+from clips import big_wav
+from common import Context, Row, median, percentile, vm_hwm_mb
+
+Request = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
+CONCURRENCY = 32
+
+
+def tiny_wav() -> bytes:
+    """0.1 s of silence: a small upload."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(b"\0\0" * 1600)
+    return buf.getvalue()
+
+
+async def closed_loop(client: httpx.AsyncClient, request: Request, n: int) -> float:
+    """``n`` requests from CONCURRENCY workers as fast as answered; requests per second."""
+    counter = itertools.count()
+
+    async def worker() -> None:
+        while next(counter) < n:
+            response = await request(client)
+            if response.status_code >= 400:
+                raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return n / (time.monotonic() - started)
+
+
+async def fixed_rate(
+    client: httpx.AsyncClient, request: Request, rate: float, seconds: float
+) -> list[float]:
+    """Open loop: one request every 1/rate s whatever the answers; latencies in ms.
+
+    Latency counts from when the request was due, so a stalled generator shows up too.
+    """
+    latencies: list[float] = []
+    tasks = []
+
+    async def one(due: float) -> None:
+        response = await request(client)
+        if response.status_code >= 400:
+            raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
+        latencies.append((time.monotonic() - due) * 1000)
+
+    started = time.monotonic()
+    for i in range(int(rate * seconds)):
+        due = started + i / rate
+        if (delay := due - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(due)))
+    await asyncio.gather(*tasks)
+    return latencies
+
+
+async def gateway_load(ctx: Context) -> list[Row]:
+    """Submissions/s and polls/s (no daemons), against /healthz/s on the same client and server."""
+    stack = ctx.stack("gateway", STT_MAX_QUEUED="1000000")
+    gw = await stack.gateway(STT_LOG_LEVEL="WARNING")
+    body = tiny_wav()
+    ids: list[str] = []
+
+    async def post(client: httpx.AsyncClient) -> httpx.Response:
+        response = await client.post("/v1/jobs", files={"file": ("a.wav", body)})
+        if response.status_code == 202:
+            ids.append(response.json()["id"])
+        return response
+
+    polled = itertools.count()
+
+    async def get(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.get(f"/v1/jobs/{ids[next(polled) % len(ids)]}")
+
+    async def health(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.get("/healthz")
+
+    n = 300 if ctx.quick else 2000
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    async with gw.client(limits=limits) as client:
+        await closed_loop(client, health, 50)  # warm connections
+        healthz = await closed_loop(client, health, n)
+        submits = await closed_loop(client, post, n)
+        polls = await closed_loop(client, get, n * 2)
+        latencies = await fixed_rate(client, post, 200, 3 if ctx.quick else 10)
+    p50, p99 = median(latencies), percentile(latencies, 99)
+    ctx.details["gateway"] = {
+        "concurrency": CONCURRENCY,
+        "healthz_per_s": healthz,
+        "latency_ms_at_200_per_s": {"p50": p50, "p99": p99, "requests": len(latencies)},
+    }
+    base = "GET /healthz/s, same client"
+    return [
+        Row(
+            "gateway",
+            "job submissions (small upload, confirmed)",
+            submits,
+            "/s",
+            healthz,
+            base,
+            submits / healthz,
+            ">= 1000/s",
+            submits >= 1000,
+        ),
+        Row(
+            "gateway",
+            "status polls",
+            polls,
+            "/s",
+            healthz,
+            base,
+            polls / healthz,
+            ">= 3000/s",
+            polls >= 3000,
+        ),
+        Row("gateway", "submit latency p50 at 200/s", p50, "ms"),
+        Row("gateway", "submit latency p99 at 200/s", p99, "ms", target="< 50 ms", met=p99 < 50),
+    ]
+
+
+async def gateway_memory(ctx: Context) -> list[Row]:
+    """Peak RSS of a fresh gateway while it receives 100 MB uploads (two at a time)."""
+    stack = ctx.stack("uploads")
+    gw = await stack.gateway(STT_MAX_UPLOAD_MB="200")
+    idle = vm_hwm_mb(gw.proc.pid)
+    path = await asyncio.to_thread(big_wav, ctx.work_dir / "big.wav", 100)
+    uploads = 2 if ctx.quick else 4
+
+    async def upload(client: httpx.AsyncClient) -> None:
+        with path.open("rb") as f:  # httpx streams a file object: the client holds no copy
+            response = await client.post("/v1/jobs", files={"file": (path.name, f)})
+        if response.status_code != 202:
+            raise RuntimeError(f"upload refused: {response.status_code} {response.text[:200]}")
+
+    async with httpx.AsyncClient(base_url=gw.url, timeout=600) as client:
+        for _ in range(uploads // 2):
+            await asyncio.gather(upload(client), upload(client))
+    peak = vm_hwm_mb(gw.proc.pid)
+    path.unlink()
+    return [
+        Row(
+            "memory",
+            f"gateway peak RSS, {uploads} x 100 MB uploads",
+            peak,
+            "MiB",
+            idle,
+            "same gateway idle",
+            peak / idle,
+            "<= 150 MiB",
+            peak <= 150,
+        ),
+    ]
