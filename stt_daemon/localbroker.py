@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
+import resource
 import secrets
 import shutil
 import signal
@@ -29,6 +31,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _start_as_broker_user() -> None:
+    """In the node's process, before exec: more open files, and the rabbitmq user.
+
+    RabbitMQ sizes its file handle cache from the open-files limit (1024 by
+    default), sockets and every quorum queue's and stream's files included; once
+    it is used up, new connections wait for a handle and hang in the handshake.
+    Run as root, the node drops to the package's ``rabbitmq`` user, as the
+    packaged wrapper would.
+    """
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("rabbitmq")
+        os.setgroups([])
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
 
 
 def _port_open(port: int) -> bool:
@@ -86,6 +106,8 @@ class LocalRabbitNode:
             "RABBITMQ_FEATURE_FLAGS_FILE": str(d / "feature_flags"),
             "RABBITMQ_PLUGINS_EXPAND_DIR": str(d / "plugins-expand"),
             "RABBITMQ_PID_FILE": str(self.pid_file),
+            # The node runs as the rabbitmq user: give it a home it can write.
+            "HOME": str(d),
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": f"-setcookie {self.cookie}",
             "RABBITMQ_CTL_ERL_ARGS": f"-setcookie {self.cookie}",
         }
@@ -126,17 +148,14 @@ class LocalRabbitNode:
                 shutil.chown(path, "rabbitmq", "rabbitmq")
 
     def _command(self) -> list[str]:
-        if os.geteuid() == 0:
-            server = shutil.which("rabbitmq-server")
-        else:
-            # As an ordinary user the wrapper refuses to run; the real script does not.
-            server = _PACKAGED_SERVER if Path(_PACKAGED_SERVER).exists() else None
-        if server is None:
+        # The real script, not the /usr/sbin wrapper: as root the wrapper switches
+        # users with su, whose PAM limits would undo _start_as_broker_user's.
+        if not Path(_PACKAGED_SERVER).exists():
             raise BrokerStartError(
                 "rabbitmq-server is not installed: apt-get install rabbitmq-server "
                 "(or set STT_AMQP_URL to a broker you run)"
             )
-        return [server]
+        return [_PACKAGED_SERVER]
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the node and wait until it accepts AMQP connections."""
@@ -149,6 +168,7 @@ class LocalRabbitNode:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=_start_as_broker_user,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -82,6 +82,7 @@ async def stack(
         yield s
     finally:
         await s.stop_all()
+        await s.forget()
 
 
 @pytest.fixture

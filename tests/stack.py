@@ -161,6 +161,40 @@ class Stack:
         for proc in reversed(self.procs):
             await proc.stop()
 
+    async def forget(self, models: tuple[str, ...] = ("tiny.en", "base")) -> None:
+        """Delete this stack's queues and exchanges from the broker.
+
+        A test session makes hundreds of stacks on one node; left behind, their
+        quorum queues and streams would make it nothing like a real deployment's.
+        """
+        names = self.names
+        queues = [
+            *(names.job_queue(m) for m in models),
+            *(names.quarantine_queue(m) for m in models),
+            names.dead_queue,
+            names.recorder_queue,
+            names.callbacks_queue,
+            names.cancel_stream,
+        ]
+        exchanges = [
+            names.jobs_exchange,
+            names.quarantine_exchange,
+            names.results_exchange,
+            names.dead_exchange,
+            names.control_exchange,
+        ]
+        with suppress(Exception):
+            connection = await aio_pika.connect(self.amqp_url.split(",")[0])
+            async with connection:
+                for name in queues:
+                    with suppress(Exception):
+                        channel = await connection.channel()
+                        await channel.queue_delete(name)
+                for name in exchanges:
+                    with suppress(Exception):
+                        channel = await connection.channel()
+                        await channel.exchange_delete(name)
+
 
 @dataclass
 class Gateway:
