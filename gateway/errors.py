@@ -42,21 +42,19 @@ def install_error_handlers(app: FastAPI, retry_after: int) -> None:
             headers={"Retry-After": str(retry_after)},
         )
 
+    def try_later(detail: str) -> JSONResponse:
+        """A 503 the client may retry after ``STT_RETRY_AFTER`` seconds."""
+        return JSONResponse(
+            {"detail": detail}, status_code=503, headers={"Retry-After": str(retry_after)}
+        )
+
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("broker.unavailable", path=request.url.path, error=str(exc))
-        return JSONResponse(
-            {"detail": "the job queue is unavailable; try again shortly"},
-            status_code=503,
-            headers={"Retry-After": str(retry_after)},
-        )
+        return try_later("the job queue is unavailable; try again shortly")
 
     async def unroutable(request: Request, exc: Exception) -> JSONResponse:
         # Transient too: the queue appears when a daemon for the model declares it.
-        return JSONResponse(
-            {"detail": f"no queue accepts jobs for model {exc}"},
-            status_code=503,
-            headers={"Retry-After": str(retry_after)},
-        )
+        return try_later(f"no queue accepts jobs for model {exc}")
 
     async def invalid(request: Request, exc: Exception) -> JSONResponse:
         # FastAPI's default detail is a list of objects; every other error here is a sentence.
@@ -68,11 +66,7 @@ def install_error_handlers(app: FastAPI, retry_after: int) -> None:
 
     async def store_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("store.unavailable", path=request.url.path, error=str(exc))
-        return JSONResponse(
-            {"detail": "the status store is unavailable; try again shortly"},
-            status_code=503,
-            headers={"Retry-After": str(retry_after)},
-        )
+        return try_later("the status store is unavailable; try again shortly")
 
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("request.failed", path=request.url.path)
