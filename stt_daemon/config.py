@@ -140,10 +140,24 @@ class DaemonSettings(CommonSettings):
     assumed_rtf: float = Field(default=0.5, gt=0)
     #: Port of the Prometheus ``/metrics`` endpoint (all interfaces); 0 = not served.
     metrics_port: int = Field(default=9400, ge=0, le=65535)
+    #: Recordings longer than this (seconds) are split at pauses into parts that any
+    #: daemon can take, and the parts' transcripts merged; 0 = never split.
+    split_seconds: float = Field(default=180.0, ge=0)
+    #: The longest part of a split recording, seconds (cuts fall in its last third).
+    part_seconds: float = Field(default=60.0, ge=10)
     #: ``standin`` sleeps instead of transcribing: for testing and benchmarks only.
     engine: Literal["whisper", "standin"] = "whisper"
     #: Stand-in engine: seconds of (idle) wall time per second of audio.
     standin_rtf: float = Field(default=0.05, ge=0)
+
+    @model_validator(mode="after")
+    def _parts_fit(self) -> DaemonSettings:
+        if self.split_seconds and self.split_seconds < self.part_seconds:
+            raise ValueError(
+                f"STT_SPLIT_SECONDS ({self.split_seconds:g}) must be 0 or at least "
+                f"STT_PART_SECONDS ({self.part_seconds:g})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _limits_agree(self) -> DaemonSettings:

@@ -38,7 +38,8 @@ class Cancellations:
 
     def __init__(self) -> None:
         self._cancelled: OrderedDict[str, None] = OrderedDict()
-        self._running: dict[str, threading.Event] = {}
+        # Several flags per job: the parts of a split recording share its job id.
+        self._running: dict[str, set[threading.Event]] = {}
 
     def is_cancelled(self, job_id: str) -> bool:
         """True once a cancellation for the job was heard."""
@@ -49,7 +50,7 @@ class Cancellations:
         self._cancelled[job_id] = None
         while len(self._cancelled) > MAX_REMEMBERED:
             self._cancelled.popitem(last=False)
-        if (flag := self._running.get(job_id)) is not None:
+        for flag in self._running.get(job_id, ()):
             flag.set()
 
     def running(self, job_id: str) -> threading.Event:
@@ -57,12 +58,15 @@ class Cancellations:
         flag = threading.Event()
         if self.is_cancelled(job_id):
             flag.set()
-        self._running[job_id] = flag
+        self._running.setdefault(job_id, set()).add(flag)
         return flag
 
-    def finished(self, job_id: str) -> None:
-        """Forget the stop flag of a job that ended."""
-        self._running.pop(job_id, None)
+    def finished(self, job_id: str, flag: threading.Event) -> None:
+        """Forget the stop flag of a job (or part) that ended."""
+        flags = self._running.get(job_id, set())
+        flags.discard(flag)
+        if not flags:
+            self._running.pop(job_id, None)
 
 
 class ControlPlane:

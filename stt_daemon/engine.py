@@ -40,6 +40,10 @@ class Engine(Protocol):
         """Transcribe 16 kHz mono audio; blocking."""
         ...
 
+    def detect_language(self, audio: Audio) -> tuple[str, float]:
+        """The language spoken at the start of the audio, and its probability; blocking."""
+        ...
+
 
 def threads_per_job(requested: int, jobs_in_flight: int) -> int:
     """Split the machine's cores between the jobs that run at once."""
@@ -91,6 +95,13 @@ class WhisperEngine:
             # One temperature, as asked: no fallback to other temperatures.
             kwargs["temperature"] = options.temperature
         return kwargs
+
+    def detect_language(self, audio: Audio) -> tuple[str, float]:
+        """Whisper's own detection on the first 30 s, as an unsplit transcription does it."""
+        if not self.multilingual:
+            return "en", 1.0
+        language, probability, _ = self._model.detect_language(audio[: 30 * SAMPLE_RATE])
+        return language, probability
 
     def transcribe(
         self,

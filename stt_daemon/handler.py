@@ -29,6 +29,7 @@ from stt_daemon.control import Cancellations
 from stt_daemon.diarize import transcribe_channels
 from stt_daemon.engine import Engine, JobCancelled
 from stt_daemon.events import EventPublisher
+from stt_daemon.fanout import CannotSplit, FanOut
 from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.protocol import (
     DecodeError,
@@ -46,6 +47,10 @@ from stt_daemon.protocol import (
 from stt_daemon.quarantine import Quarantine, previous_deliveries
 
 log = structlog.get_logger("stt_daemon.handler")
+
+
+def _ignore(_fraction: float) -> None:
+    """A progress callback that reports nothing."""
 
 
 class PermanentError(Exception):
@@ -113,6 +118,7 @@ class JobHandler:
         cancellations: Cancellations | None = None,
         metrics: DaemonMetrics | None = None,
         quarantine: Quarantine | None = None,
+        fanout: FanOut | None = None,
     ) -> None:
         self._settings = settings
         self.metrics = metrics or DaemonMetrics()
@@ -123,6 +129,7 @@ class JobHandler:
         self._cancellations = cancellations or Cancellations()
         self._admission = Admission(settings.ack_timeout, settings.assumed_rtf)
         self._quarantine = quarantine
+        self._fanout = fanout
         self.counts: dict[str, int] = {
             "succeeded": 0,
             "failed": 0,
@@ -131,6 +138,8 @@ class JobHandler:
             "handed_back": 0,
             "abandoned": 0,
             "quarantined": 0,
+            "split": 0,
+            "parts": 0,
         }
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
@@ -193,6 +202,8 @@ class JobHandler:
         await self._run(message, job, attempt)
 
     async def _run(self, message: AbstractIncomingMessage, job: InboundJob, attempt: int) -> None:
+        if job.message.part is not None and not await self._part_wanted(message, job):
+            return
         if self._cancellations.is_cancelled(job.job_id):
             await self._cancel(message, job, attempt)  # cancelled while queued: skip it
             return
@@ -200,7 +211,7 @@ class JobHandler:
         try:
             await self._attempt(message, job, attempt, cancelled)
         finally:
-            self._cancellations.finished(job.job_id)
+            self._cancellations.finished(job.job_id, cancelled)
 
     async def _attempt(
         self,
@@ -211,12 +222,7 @@ class JobHandler:
     ) -> None:
         timings = Timings()
         try:
-            await self._emit(job, EventType.STARTED, attempt)
-            result = await self._transcribe(job, attempt, timings, cancelled)
-            final = self._event(job, EventType.SUCCEEDED, attempt, result=result)
-            await self._finish(message, job, final, ack=True)
-            self.counts["succeeded"] += 1
-            self._log_done(job, "succeeded", attempt, timings, result)
+            await self._work(message, job, attempt, timings, cancelled)
         except PermanentError as exc:
             await self._fail(message, job, attempt, ErrorInfo(code=exc.code, message=str(exc)))
         except JobCancelled:
@@ -234,10 +240,33 @@ class JobHandler:
         except Exception as exc:  # transient: anything we did not classify as permanent
             await self._retry(message, job, attempt, exc)
 
-    async def _transcribe(
-        self, job: InboundJob, attempt: int, timings: Timings, cancelled: threading.Event
-    ) -> TranscriptResult:
-        options = job.message.options
+    async def _work(
+        self,
+        message: AbstractIncomingMessage,
+        job: InboundJob,
+        attempt: int,
+        timings: Timings,
+        cancelled: threading.Event,
+    ) -> None:
+        """Transcribe a job, or fan a long recording out, or run one part of one."""
+        part = job.message.part
+        if part is None:
+            await self._emit(job, EventType.STARTED, attempt)
+        engine = self._engine(job.message.options)
+        audio = await self._decode(job, timings)
+        wants_split = self._fanout is not None and self._fanout.wants(job, audio)
+        if wants_split and await self._split(message, job, engine, audio, timings):
+            return
+        result = await self._transcribe(job, engine, audio, attempt, timings, cancelled)
+        if part is not None:
+            await self._part_done(message, job, attempt, timings, result)
+            return
+        final = self._event(job, EventType.SUCCEEDED, attempt, result=result)
+        await self._finish(message, job, final, ack=True)
+        self.counts["succeeded"] += 1
+        self._log_done(job, "succeeded", attempt, timings, result)
+
+    def _engine(self, options: JobOptions) -> Engine:
         engine = self._engines.get(options.model)
         if engine is None:
             raise PermanentError(
@@ -245,14 +274,30 @@ class JobHandler:
                 f"model {options.model!r} is not served here (serves {', '.join(self._engines)})",
             )
         check_supported(engine, options)
-        mark = timings.started
+        return engine
+
+    async def _decode(self, job: InboundJob, timings: Timings) -> Audio:
         audio = await asyncio.to_thread(self._load_audio, job)
-        mark = timings.mark("decode_s", mark)
-        audio_s = audio.shape[-1] / SAMPLE_RATE
-        timings.marks["audio_s"] = round(audio_s, 3)
+        timings.mark("decode_s", timings.started)
+        timings.marks["audio_s"] = round(audio.shape[-1] / SAMPLE_RATE, 3)
+        return audio
+
+    async def _transcribe(
+        self,
+        job: InboundJob,
+        engine: Engine,
+        audio: Audio,
+        attempt: int,
+        timings: Timings,
+        cancelled: threading.Event,
+    ) -> TranscriptResult:
+        options = job.message.options
+        audio_s = timings.marks["audio_s"]
         if (too_long := self._admission.refusal(options.model, audio_s)) is not None:
             raise PermanentError(ErrorCode.AUDIO_TOO_LONG, too_long)
-        progress = self._progress_reporter(job, attempt)
+        mark = time.monotonic()
+        # A part's own progress is not its recording's: parts report as they finish.
+        progress = self._progress_reporter(job, attempt) if job.message.part is None else _ignore
         # JobCancelled from the thread means a user cancelled the job: at shutdown the
         # task itself is cancelled first, and the thread's late exception is dropped.
         if audio.ndim == 2:
@@ -264,6 +309,93 @@ class JobHandler:
         timings.mark("transcribe_s", mark)
         self._admission.observe(options.model, audio_s, timings.marks["transcribe_s"])
         return result
+
+    # -- long recordings (see fanout.py) ------------------------------------------
+
+    async def _split(
+        self,
+        message: AbstractIncomingMessage,
+        job: InboundJob,
+        engine: Engine,
+        audio: Audio,
+        timings: Timings,
+    ) -> bool:
+        """Fan the recording out; False when the job queue cannot take the parts."""
+        assert self._fanout is not None
+        mark = time.monotonic()
+        try:
+            count = await self._fanout.split(
+                job, audio, engine, reply_to=message.reply_to, correlation_id=message.correlation_id
+            )
+        except CannotSplit as exc:
+            log.warning("job.not_split", reason=str(exc), then="transcribing it whole here")
+            return False
+        timings.mark("split_s", mark)
+        await self._settle_delivery(message, job)
+        self.counts["split"] += 1
+        self.metrics.job_finished(job.message.options.model, "split")
+        log.info("job.split", parts=count, model=job.message.options.model, **timings.marks)
+        return True
+
+    async def _part_wanted(self, message: AbstractIncomingMessage, job: InboundJob) -> bool:
+        """False (and the delivery settled) when the part's recording is settled already."""
+        if self._fanout is None or await asyncio.to_thread(self._fanout.is_active, job.job_id):
+            return True
+        await self._settle_delivery(message, job)
+        log.info("part.skipped", reason="its recording was merged, failed or cancelled")
+        return False
+
+    async def _part_done(
+        self,
+        message: AbstractIncomingMessage,
+        job: InboundJob,
+        attempt: int,
+        timings: Timings,
+        result: TranscriptResult,
+    ) -> None:
+        """Keep the part's transcript; the part that completes the set publishes the merge."""
+        assert job.message.part is not None
+        if self._fanout is None:
+            raise PermanentError(ErrorCode.UNSUPPORTED, "this daemon cannot merge parts")
+        outcome = await asyncio.to_thread(self._fanout.record, job, result)
+        if outcome.merged is not None:
+            final = self._event(job, EventType.SUCCEEDED, attempt, result=outcome.merged)
+            await self._finish(message, job, final, ack=True)
+            await asyncio.to_thread(self._fanout.settle, job.job_id)
+            self.counts["succeeded"] += 1
+        else:
+            if outcome.progress is not None:
+                await self._publish_quietly(
+                    self._event(job, EventType.PROGRESS, attempt, progress=outcome.progress)
+                )
+            await self._settle_delivery(message, job)
+        self.counts["parts"] += 1
+        self.metrics.job_finished(
+            job.message.options.model,
+            "part",
+            audio_s=timings.marks["audio_s"],
+            transcribe_s=timings.marks.get("transcribe_s"),
+        )
+        log.info(
+            "part.done",
+            part=job.message.part.index,
+            of=job.message.part.count,
+            merged=outcome.merged is not None,
+            **timings.marks,
+        )
+
+    async def _settle_recording(self, job: InboundJob) -> None:
+        """After a part's final event: the recording's other parts need not run."""
+        if job.message.part is not None and self._fanout is not None:
+            await asyncio.to_thread(self._fanout.settle, job.job_id)
+
+    async def _settle_delivery(self, message: AbstractIncomingMessage, job: InboundJob) -> None:
+        """Ack a delivery whose work is done elsewhere or later, and drop its audio."""
+        if delivery_lost(message):
+            raise DeliveryLost(job.job_id)
+        await message.ack()
+        if job.message.audio is not None:
+            self._blobs.delete(job.message.audio.url)
 
     def _load_audio(self, job: InboundJob) -> Audio:
         """Fetch, verify and decode (blocking; runs in a thread)."""
@@ -356,6 +488,7 @@ class JobHandler:
         info = ErrorInfo(code=ErrorCode.CANCELLED, message="cancelled on request")
         final = self._event(job, EventType.CANCELLED, attempt, error=info)
         await self._finish(message, job, final, ack=True)
+        await self._settle_recording(job)
         self.counts["cancelled"] += 1
         self.metrics.job_finished(job.message.options.model, "cancelled")
         log.info("job.done", status="cancelled", model=job.message.options.model, attempt=attempt)
@@ -363,8 +496,13 @@ class JobHandler:
     async def _fail(
         self, message: AbstractIncomingMessage, job: InboundJob, attempt: int, error: ErrorInfo
     ) -> None:
+        if (part := job.message.part) is not None:
+            # A part that fails fails its whole recording: say where.
+            where = f"part {part.index + 1} of {part.count} (from {part.offset:.1f} s)"
+            error = ErrorInfo(code=error.code, message=f"{where}: {error.message}")
         final = self._event(job, EventType.FAILED, attempt, error=error)
         await self._finish(message, job, final, ack=False)
+        await self._settle_recording(job)
         self.counts["failed"] += 1
         self.metrics.job_finished(job.message.options.model, "failed", error_code=error.code.value)
         log.warning(

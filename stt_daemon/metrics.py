@@ -15,7 +15,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 log = structlog.get_logger("stt_daemon.metrics")
 
-Outcome = Literal["succeeded", "failed", "cancelled", "retried", "handed_back", "abandoned"]
+#: ``split``: a long recording was cut into parts and they were published;
+#: ``part``: one part of such a recording was transcribed.
+Outcome = Literal[
+    "succeeded", "failed", "cancelled", "retried", "handed_back", "abandoned", "split", "part"
+]
 
 #: Seconds of transcription: tiny.en does 11 s of speech in under a second,
 #: a large model on a CPU can take many minutes over an hour of audio.
@@ -85,7 +89,7 @@ class DaemonMetrics:
         """Count one delivery's outcome; a success also records its timings."""
         label = self.label(model)
         self.jobs.labels(label, outcome, error_code or "").inc()
-        if outcome != "succeeded" or not audio_s:
+        if outcome not in ("succeeded", "part") or not audio_s:
             return
         self.audio_seconds.labels(label).inc(audio_s)
         if transcribe_s is not None:

@@ -30,6 +30,7 @@ INLINE_OPTION_HEADERS = (
     "temperature",
     "diarize",
     "callback_url",
+    "split",
 )
 
 
@@ -143,6 +144,9 @@ class JobOptions(_Wire):
     diarize: Diarize = Diarize.NONE
     #: Where the gateway POSTs the final result (signed); see the README.
     callback_url: str | None = Field(default=None, max_length=2000, pattern=r"^https?://")
+    #: Let a long recording be split at pauses and its parts run on several daemons
+    #: (see ``STT_SPLIT_SECONDS``); false keeps it one job, in one daemon.
+    split: bool = True
 
 
 class AudioRef(_Wire):
@@ -155,6 +159,15 @@ class AudioRef(_Wire):
     filename: str | None = None
 
 
+class PartInfo(_Wire):
+    """Which part of a fanned-out recording a job message carries."""
+
+    index: int = Field(ge=0)
+    count: int = Field(ge=2)
+    #: Where the part starts in the whole recording, seconds.
+    offset: float = Field(ge=0)
+
+
 class JobMessage(_Wire):
     """A job on the request exchange (JSON body)."""
 
@@ -165,6 +178,9 @@ class JobMessage(_Wire):
     submitted_at: datetime = Field(default_factory=utcnow)
     #: The gateway request that submitted the job (``X-Request-ID``), for the daemon's logs.
     request_id: str | None = Field(default=None, max_length=128)
+    #: Set by daemons on the parts of a long recording: ``job_id`` is then the whole
+    #: recording's, and its events report on that job.
+    part: PartInfo | None = None
 
 
 class InboundJob(BaseModel):
@@ -287,7 +303,7 @@ def _inline_options(headers: Mapping[str, Any]) -> dict[str, Any]:
         value = _header_str(headers, name)
         if value is not None:
             options[name] = value
-    for flag in ("word_timestamps", "vad_filter"):
+    for flag in ("word_timestamps", "vad_filter", "split"):
         if flag in options:
             options[flag] = options[flag].lower() in {"1", "true", "yes"}
     return options

@@ -71,6 +71,10 @@ class StandInEngine:
             segments=segments,
         )
 
+    def detect_language(self, audio: Audio) -> tuple[str, float]:
+        """No model, no detection: English, as the placeholder transcripts are."""
+        return "en", 1.0
+
 
 def standin_engines(settings: DaemonSettings) -> dict[str, Engine]:
     """A stand-in for every configured model name; no model is resolved or loaded."""

@@ -16,6 +16,7 @@ from stt_daemon.config import DaemonSettings
 from stt_daemon.control import Cancellations, ControlPlane
 from stt_daemon.engine import Engine
 from stt_daemon.events import EventPublisher
+from stt_daemon.fanout import FanOut
 from stt_daemon.handler import JobHandler
 from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.quarantine import Quarantine
@@ -82,14 +83,16 @@ class Daemon:
                 publish_channel, topology.results_exchange, settings.publish_timeout, publish_conn
             )
             cancellations = Cancellations()
+            blobs = BlobStore(settings.resolved_blob_url)
             handler = JobHandler(
                 settings,
                 self._engines,
-                BlobStore(settings.resolved_blob_url),
+                blobs,
                 events,
                 cancellations,
                 self._metrics,
                 await self._quarantine(publish_conn),
+                await self._fanout(publish_conn, blobs),
             )
             control = ControlPlane(settings, self._engines, lambda: len(self._tasks), cancellations)
             assert topology.control_exchange is not None
@@ -114,6 +117,19 @@ class Daemon:
         channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
         exchange = await channel.get_exchange(self._settings.names.quarantine_exchange)
         return Quarantine(exchange, self._settings.publish_timeout)
+
+    async def _fanout(self, conn: AbstractRobustConnection, blobs: BlobStore) -> FanOut:
+        """Publishes the parts of long recordings to the job queues."""
+        # Confirms, and returns that raise: a part must never vanish unrouted.
+        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        settings = self._settings
+        return FanOut(
+            blobs,
+            await channel.get_exchange(settings.names.jobs_exchange),
+            split_seconds=settings.split_seconds,
+            part_seconds=settings.part_seconds,
+            publish_timeout=settings.publish_timeout,
+        )
 
     async def _start_consumers(self, conn: AbstractRobustConnection, handler: JobHandler) -> None:
         async def on_message(message: AbstractIncomingMessage) -> None:

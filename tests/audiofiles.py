@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import wave
 from fractions import Fraction
 from pathlib import Path
@@ -90,3 +91,94 @@ def two_speakers(left: Path, right: Path, out: Path, gap: float = 1.0) -> tuple[
         wav.setframerate(16000)
         wav.writeframes(pcm.tobytes())
     return start / 16000, total / 16000
+
+
+# Plain words that tiny.en spells one way only (no numbers, no British spellings).
+_SUBJECTS = (
+    "the committee",
+    "our doctor",
+    "the engineer",
+    "a small dog",
+    "the pilot",
+    "my sister",
+    "the old farmer",
+    "the teacher",
+    "a tired student",
+    "the mayor",
+)
+_VERBS = (
+    "painted",
+    "repaired",
+    "carried",
+    "described",
+    "visited",
+    "ordered",
+    "cleaned",
+    "measured",
+    "photographed",
+    "forgot",
+)
+_OBJECTS = (
+    "a red bicycle",
+    "the wooden bridge",
+    "a basket of apples",
+    "the lighthouse",
+    "a blue umbrella",
+    "the garden fence",
+    "the green bottles",
+    "the city library",
+    "a silver kettle",
+    "the railway station",
+    "a paper boat",
+)
+_TIMES = (
+    "on Monday morning",
+    "after the storm",
+    "before lunch",
+    "in the summer",
+    "late at night",
+    "during the meeting",
+    "last winter",
+)
+
+
+def _sentence(i: int) -> str:
+    """The i-th of many different plain sentences (each combination differs from its neighbours)."""
+    return (
+        f"{_SUBJECTS[i % 10]} {_VERBS[(i * 3) % 10]} {_OBJECTS[(i * 7) % 11]} "
+        f"{_TIMES[(i * 5) % 7]}."
+    ).capitalize()
+
+
+def long_talk(out: Path, seconds: float, work_dir: Path) -> Path:
+    """A long recording of distinct sentences (flite) with jfk.flac and hotwords.mp3 between.
+
+    Every stretch differs from the others, so a transcript merged out of order
+    or missing a stretch reads differently from the whole one. A 16 kHz WAV.
+    """
+    from stack import HOTWORDS, JFK  # the team's recordings
+
+    pause = np.zeros(int(0.8 * 16000), dtype=np.float32)
+    pieces: list[np.ndarray] = []
+    total, block = 0, 0
+    while total < seconds * 16000:
+        text = " ".join(_sentence(block * 4 + k) for k in range(4))
+        spoken = work_dir / f"talk-{block}.wav"
+        # flite's "slt" voice: tiny.en hears it nearly word for word (espeak-ng's voice
+        # leaves it guessing, and two guesses at one word rarely agree).
+        subprocess.run(
+            ["flite", "-voice", "slt", "-t", text, "-o", str(spoken)], check=True, timeout=120
+        )
+        pieces += [decode(spoken, max_seconds=3600), pause]
+        if block % 3 == 2:
+            pieces += [decode(JFK if block % 2 else HOTWORDS, max_seconds=3600), pause]
+        total = sum(p.shape[0] for p in pieces)
+        block += 1
+    samples = np.concatenate(pieces)[: int(seconds * 16000)]
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(out), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(pcm.tobytes())
+    return out
