@@ -243,3 +243,44 @@ async def test_a_job_whose_channel_closed_while_it_ran_publishes_no_result(
     await handler.handle(message)  # type: ignore[arg-type]
     assert log == ["job.started"]
     assert handler.counts["abandoned"] == 1 and handler.counts["succeeded"] == 0
+
+
+def _part_message(
+    tmp_path: Path, log: list[str], index: int, blob: str = "missing.wav"
+) -> FakeMessage:
+    from stt_daemon.protocol import AudioRef, JobMessage, PartInfo
+
+    ref = AudioRef(url=(tmp_path / "b" / blob).as_uri(), sha256="0" * 64, size=10)
+    job = JobMessage(
+        job_id="rec-1", audio=ref, part=PartInfo(index=index, count=3, offset=60.0 * index)
+    )
+    return FakeMessage(
+        job.model_dump_json().encode(), log, content_type="application/json", message_id="rec-1#1"
+    )
+
+
+async def test_a_failing_part_fails_its_recording_and_stops_the_others(tmp_path: Path) -> None:
+    from stt_daemon.fanout import FanOut
+
+    log: list[str] = []
+    events = FakeEvents(log)
+    blobs = BlobStore((tmp_path / "b").as_uri())
+    fan = FanOut(blobs, None, split_seconds=180, part_seconds=60, publish_timeout=5)  # type: ignore[arg-type]
+    manifest = '{"job_id":"rec-1","duration":180,"language":"en","language_probability":null,'
+    manifest += '"parts":[[0,60],[60,60],[120,60]]}'
+    (blobs.root / f"{fan._stem('rec-1')}.json").write_text(manifest)
+    config = DaemonSettings(data_dir=tmp_path, retry_backoff=0)
+    engine = FakeEngine()
+    handler = JobHandler(config, {"tiny.en": engine}, blobs, events, fanout=fan)  # type: ignore[arg-type]
+
+    await handler.handle(_part_message(tmp_path, log, 1))  # type: ignore[arg-type]
+    [failed] = events.events
+    assert (failed.event.value, failed.job_id) == ("job.failed", "rec-1")
+    assert failed.error is not None and failed.error.code.value == "blob_missing"
+    assert failed.error.message.startswith("part 2 of 3 (from 60.0 s): ")
+    assert log[-1] == "reject(requeue=False)"  # dead-lettered, like any failed job
+    assert not fan.is_active("rec-1")
+    # The recording's other parts now skip without work or events.
+    log.clear()
+    await handler.handle(_part_message(tmp_path, log, 2))  # type: ignore[arg-type]
+    assert log == ["ack"] and engine.calls == 0 and len(events.events) == 1
