@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # these modules, then tests/ (stack.py)
 
 from common import Context, Row, machine  # noqa: E402
+from fanout import fanout  # noqa: E402
 from http_load import gateway_load, gateway_memory  # noqa: E402
 from scaleout import scaleout  # noqa: E402
 from whisper import daemon_memory, overhead, throughput  # noqa: E402
@@ -37,6 +38,7 @@ SECTIONS: dict[str, list[Section]] = {
     "overhead": [overhead],
     "memory": [gateway_memory, daemon_memory],
     "scaleout": [scaleout],
+    "fanout": [fanout],
 }
 
 
