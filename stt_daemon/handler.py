@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import random
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
-from aio_pika.exceptions import ChannelInvalidStateError
 
 from stt_daemon.admission import Admission
 from stt_daemon.audio import SAMPLE_RATE, Audio, AudioError, decode
@@ -29,8 +25,9 @@ from stt_daemon.control import Cancellations
 from stt_daemon.diarize import transcribe_channels
 from stt_daemon.engine import Engine, JobCancelled
 from stt_daemon.events import EventPublisher
-from stt_daemon.fanout import CannotSplit, FanOut
+from stt_daemon.fanout import FanOut
 from stt_daemon.metrics import DaemonMetrics
+from stt_daemon.parts import PartRunner
 from stt_daemon.protocol import (
     DecodeError,
     Diarize,
@@ -45,51 +42,16 @@ from stt_daemon.protocol import (
     utcnow,
 )
 from stt_daemon.quarantine import Quarantine, previous_deliveries
+from stt_daemon.settling import (
+    DeliveryLost,
+    PermanentError,
+    Settler,
+    Timings,
+    backoff,
+    ignore_progress,
+)
 
 log = structlog.get_logger("stt_daemon.handler")
-
-
-def _ignore(_fraction: float) -> None:
-    """A progress callback that reports nothing."""
-
-
-class PermanentError(Exception):
-    """Retrying will not help: report the job failed and dead-letter it."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class DeliveryLost(Exception):
-    """The channel this job came on closed while it ran: the broker gave the job to another."""
-
-
-def delivery_lost(message: AbstractIncomingMessage) -> bool:
-    """True when the delivery can no longer be acked (its channel is closed)."""
-    try:
-        return bool(message.channel.is_closed)
-    except ChannelInvalidStateError:  # aio-pika's answer for a closed channel
-        return True
-
-
-@dataclass
-class Timings:
-    """Where one job's time went, for its canonical log line."""
-
-    started: float = field(default_factory=time.monotonic)
-    marks: dict[str, float] = field(default_factory=dict)
-
-    def mark(self, name: str, since: float) -> float:
-        """Record the seconds elapsed since ``since``; return now."""
-        now = time.monotonic()
-        self.marks[name] = round(now - since, 3)
-        return now
-
-
-def backoff(attempt: int, base: float, cap: float = 60.0) -> float:
-    """Exponential backoff with full jitter (spreads retries of many jobs apart)."""
-    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
 
 
 def check_supported(engine: Engine, options: JobOptions) -> None:
@@ -126,10 +88,10 @@ class JobHandler:
         self._engines = engines
         self._blobs = blobs
         self._events = events
+        self._settle = Settler(events, blobs, settings.worker_name, settings.progress_interval)
         self._cancellations = cancellations or Cancellations()
         self._admission = Admission(settings.ack_timeout, settings.assumed_rtf)
         self._quarantine = quarantine
-        self._fanout = fanout
         self.counts: dict[str, int] = {
             "succeeded": 0,
             "failed": 0,
@@ -141,6 +103,7 @@ class JobHandler:
             "split": 0,
             "parts": 0,
         }
+        self._parts = PartRunner(fanout, self._settle, self.metrics, self.counts)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         """Process one delivery to the end: exactly one of ack, reject or requeue."""
@@ -166,7 +129,7 @@ class JobHandler:
             # broker's consumer timeout. Hand it back, after a pause, to try again.
             log.exception("job.unsettled")
             await asyncio.sleep(backoff(attempt, self._settings.retry_backoff))
-            await self._requeue(message)
+            await self._settle.requeue(message)
         finally:
             structlog.contextvars.unbind_contextvars("job_id", "attempt", "request_id")
 
@@ -202,7 +165,7 @@ class JobHandler:
         await self._run(message, job, attempt)
 
     async def _run(self, message: AbstractIncomingMessage, job: InboundJob, attempt: int) -> None:
-        if job.message.part is not None and not await self._part_wanted(message, job):
+        if job.message.part is not None and not await self._parts.wanted(message, job):
             return
         if self._cancellations.is_cancelled(job.job_id):
             await self._cancel(message, job, attempt)  # cancelled while queued: skip it
@@ -232,7 +195,7 @@ class JobHandler:
         except asyncio.CancelledError:
             # Shutdown deadline: stop the worker thread and hand the job back intact.
             cancelled.set()
-            await asyncio.shield(self._requeue(message))
+            await asyncio.shield(self._settle.requeue(message))
             self.counts["handed_back"] += 1
             self.metrics.job_finished(job.message.options.model, "handed_back")
             log.warning("job.handed_back", reason="shutdown deadline")
@@ -251,18 +214,17 @@ class JobHandler:
         """Transcribe a job, or fan a long recording out, or run one part of one."""
         part = job.message.part
         if part is None:
-            await self._emit(job, EventType.STARTED, attempt)
+            await self._settle.emit(job, EventType.STARTED, attempt)
         engine = self._engine(job.message.options)
         audio = await self._decode(job, timings)
-        wants_split = self._fanout is not None and self._fanout.wants(job, audio)
-        if wants_split and await self._split(message, job, engine, audio, timings):
+        if await self._parts.split(message, job, engine, audio, timings):
             return
         result = await self._transcribe(job, engine, audio, attempt, timings, cancelled)
         if part is not None:
-            await self._part_done(message, job, attempt, timings, result)
+            await self._parts.done(message, job, attempt, timings, result)
             return
-        final = self._event(job, EventType.SUCCEEDED, attempt, result=result)
-        await self._finish(message, job, final, ack=True)
+        final = self._settle.event(job, EventType.SUCCEEDED, attempt, result=result)
+        await self._settle.finish(message, job, final, ack=True)
         self.counts["succeeded"] += 1
         self._log_done(job, "succeeded", attempt, timings, result)
 
@@ -297,7 +259,11 @@ class JobHandler:
             raise PermanentError(ErrorCode.AUDIO_TOO_LONG, too_long)
         mark = time.monotonic()
         # A part's own progress is not its recording's: parts report as they finish.
-        progress = self._progress_reporter(job, attempt) if job.message.part is None else _ignore
+        progress = (
+            self._settle.progress_reporter(job, attempt)
+            if job.message.part is None
+            else ignore_progress
+        )
         # JobCancelled from the thread means a user cancelled the job: at shutdown the
         # task itself is cancelled first, and the thread's late exception is dropped.
         if audio.ndim == 2:
@@ -309,93 +275,6 @@ class JobHandler:
         timings.mark("transcribe_s", mark)
         self._admission.observe(options.model, audio_s, timings.marks["transcribe_s"])
         return result
-
-    # -- long recordings (see fanout.py) ------------------------------------------
-
-    async def _split(
-        self,
-        message: AbstractIncomingMessage,
-        job: InboundJob,
-        engine: Engine,
-        audio: Audio,
-        timings: Timings,
-    ) -> bool:
-        """Fan the recording out; False when the job queue cannot take the parts."""
-        assert self._fanout is not None
-        mark = time.monotonic()
-        try:
-            count = await self._fanout.split(
-                job, audio, engine, reply_to=message.reply_to, correlation_id=message.correlation_id
-            )
-        except CannotSplit as exc:
-            log.warning("job.not_split", reason=str(exc), then="transcribing it whole here")
-            return False
-        timings.mark("split_s", mark)
-        await self._settle_delivery(message, job)
-        self.counts["split"] += 1
-        self.metrics.job_finished(job.message.options.model, "split")
-        log.info("job.split", parts=count, model=job.message.options.model, **timings.marks)
-        return True
-
-    async def _part_wanted(self, message: AbstractIncomingMessage, job: InboundJob) -> bool:
-        """False (and the delivery settled) when the part's recording is settled already."""
-        if self._fanout is None or await asyncio.to_thread(self._fanout.is_active, job.job_id):
-            return True
-        await self._settle_delivery(message, job)
-        log.info("part.skipped", reason="its recording was merged, failed or cancelled")
-        return False
-
-    async def _part_done(
-        self,
-        message: AbstractIncomingMessage,
-        job: InboundJob,
-        attempt: int,
-        timings: Timings,
-        result: TranscriptResult,
-    ) -> None:
-        """Keep the part's transcript; the part that completes the set publishes the merge."""
-        assert job.message.part is not None
-        if self._fanout is None:
-            raise PermanentError(ErrorCode.UNSUPPORTED, "this daemon cannot merge parts")
-        outcome = await asyncio.to_thread(self._fanout.record, job, result)
-        if outcome.merged is not None:
-            final = self._event(job, EventType.SUCCEEDED, attempt, result=outcome.merged)
-            await self._finish(message, job, final, ack=True)
-            await asyncio.to_thread(self._fanout.settle, job.job_id)
-            self.counts["succeeded"] += 1
-        else:
-            if outcome.progress is not None:
-                await self._publish_quietly(
-                    self._event(job, EventType.PROGRESS, attempt, progress=outcome.progress)
-                )
-            await self._settle_delivery(message, job)
-        self.counts["parts"] += 1
-        self.metrics.job_finished(
-            job.message.options.model,
-            "part",
-            audio_s=timings.marks["audio_s"],
-            transcribe_s=timings.marks.get("transcribe_s"),
-        )
-        log.info(
-            "part.done",
-            part=job.message.part.index,
-            of=job.message.part.count,
-            merged=outcome.merged is not None,
-            **timings.marks,
-        )
-
-    async def _settle_recording(self, job: InboundJob) -> None:
-        """After a part's final event: the recording's other parts need not run."""
-        if job.message.part is not None and self._fanout is not None:
-            await asyncio.to_thread(self._fanout.settle, job.job_id)
-
-    async def _settle_delivery(self, message: AbstractIncomingMessage, job: InboundJob) -> None:
-        """Ack a delivery whose work is done elsewhere or later, and drop its audio."""
-        if delivery_lost(message):
-            raise DeliveryLost(job.job_id)
-        await message.ack()
-        if job.message.audio is not None:
-            self._blobs.delete(job.message.audio.url)
 
     def _load_audio(self, job: InboundJob) -> Audio:
         """Fetch, verify and decode (blocking; runs in a thread)."""
@@ -415,80 +294,14 @@ class JobHandler:
             audio = audio.reshape(1, -1)  # a mono file is one speaker
         return audio
 
-    def _progress_reporter(self, job: InboundJob, attempt: int) -> Callable[[float], None]:
-        """A thread-safe callback that publishes throttled ``job.progress`` events."""
-        loop = asyncio.get_running_loop()
-        interval = self._settings.progress_interval
-        last = [0.0]
-
-        def report(fraction: float) -> None:
-            now = time.monotonic()
-            if now - last[0] < interval or fraction >= 1.0:
-                return
-            last[0] = now
-            event = self._event(job, EventType.PROGRESS, attempt, progress=round(fraction, 4))
-            loop.call_soon_threadsafe(lambda: loop.create_task(self._publish_quietly(event)))
-
-        return report
-
-    async def _publish_quietly(self, event: JobEvent) -> None:
-        # Progress is advisory: losing one must never fail the job.
-        try:
-            await self._events.publish(event)
-        except Exception as exc:
-            log.debug("progress.not_published", error=str(exc))
-
-    def _event(self, job: InboundJob, kind: EventType, attempt: int, **fields: Any) -> JobEvent:
-        if kind.status.is_final:
-            fields["options"] = job.message.options
-        return JobEvent(
-            event=kind,
-            job_id=job.job_id,
-            model=job.message.options.model,
-            attempt=attempt,
-            worker=self._settings.worker_name,
-            **fields,
-        )
-
-    async def _emit(self, job: InboundJob, kind: EventType, attempt: int) -> None:
-        await self._events.publish(self._event(job, kind, attempt))
-
-    async def _finish(
-        self, message: AbstractIncomingMessage, job: InboundJob, final: JobEvent, *, ack: bool
-    ) -> None:
-        """Publish the final event (and RPC reply), then ack or dead-letter, then drop the blob."""
-        if delivery_lost(message):
-            # The broker closed our channel (missed heartbeats while this process was
-            # stopped, a network cut) and handed the job to another daemon. This
-            # delivery can never be acked; publishing its result would only race the
-            # new owner's, and deleting the blob would pull the audio from under it.
-            raise DeliveryLost(final.job_id)
-        await self._events.publish(final)
-        await self._reply(message, final)
-        if ack:
-            await message.ack()
-        else:
-            await message.reject(requeue=False)  # -> dead-letter exchange
-        if job.message.audio is not None:
-            self._blobs.delete(job.message.audio.url)
-
-    async def _reply(self, message: AbstractIncomingMessage, final: JobEvent) -> None:
-        """RPC reply when asked for; a caller that went away must not fail the job."""
-        if not message.reply_to:
-            return
-        try:
-            await self._events.reply(final, message.reply_to, message.correlation_id)
-        except Exception as exc:
-            log.warning("reply.not_sent", reply_to=message.reply_to, error=str(exc))
-
     async def _cancel(
         self, message: AbstractIncomingMessage, job: InboundJob, attempt: int
     ) -> None:
         """A cancelled job: reported and acked (not dead-lettered: nothing went wrong)."""
         info = ErrorInfo(code=ErrorCode.CANCELLED, message="cancelled on request")
-        final = self._event(job, EventType.CANCELLED, attempt, error=info)
-        await self._finish(message, job, final, ack=True)
-        await self._settle_recording(job)
+        final = self._settle.event(job, EventType.CANCELLED, attempt, error=info)
+        await self._settle.finish(message, job, final, ack=True)
+        await self._parts.settle(job)
         self.counts["cancelled"] += 1
         self.metrics.job_finished(job.message.options.model, "cancelled")
         log.info("job.done", status="cancelled", model=job.message.options.model, attempt=attempt)
@@ -500,9 +313,9 @@ class JobHandler:
             # A part that fails fails its whole recording: say where.
             where = f"part {part.index + 1} of {part.count} (from {part.offset:.1f} s)"
             error = ErrorInfo(code=error.code, message=f"{where}: {error.message}")
-        final = self._event(job, EventType.FAILED, attempt, error=error)
-        await self._finish(message, job, final, ack=False)
-        await self._settle_recording(job)
+        final = self._settle.event(job, EventType.FAILED, attempt, error=error)
+        await self._settle.finish(message, job, final, ack=False)
+        await self._parts.settle(job)
         self.counts["failed"] += 1
         self.metrics.job_finished(job.message.options.model, "failed", error_code=error.code.value)
         log.warning(
@@ -524,7 +337,7 @@ class JobHandler:
             error=ErrorInfo(code=ErrorCode.BAD_MESSAGE, message=reason),
         )
         await self._events.publish(event)
-        await self._reply(message, event)
+        await self._settle.reply(message, event)
         await message.reject(requeue=False)
         self.counts["failed"] += 1
         self.metrics.job_finished(message.routing_key, "failed", error_code="bad_message")
@@ -544,16 +357,9 @@ class JobHandler:
         delay = backoff(attempt, self._settings.retry_backoff)
         log.warning("job.retry", error=f"{type(exc).__name__}: {exc}", delay_s=round(delay, 2))
         await asyncio.sleep(delay)
-        await self._requeue(message)
+        await self._settle.requeue(message)
         self.counts["retried"] += 1
         self.metrics.job_finished(job.message.options.model, "retried")
-
-    async def _requeue(self, message: AbstractIncomingMessage) -> None:
-        # If the channel is gone the broker requeues by itself: nothing is lost.
-        try:
-            await message.nack(requeue=True)
-        except Exception as exc:
-            log.info("requeue.skipped", error=str(exc))
 
     def _log_done(
         self,

@@ -1,0 +1,113 @@
+"""The handler's side of fan-out: split a long recording, skip settled parts, record finished ones.
+
+fanout.py keeps the books (files, publishing); this module decides what a
+delivery does with them and reports it: events, acks, counts and log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from stt_daemon.audio import Audio
+from stt_daemon.engine import Engine
+from stt_daemon.fanout import CannotSplit, FanOut
+from stt_daemon.metrics import DaemonMetrics
+from stt_daemon.protocol import ErrorCode, EventType, InboundJob, TranscriptResult
+from stt_daemon.settling import PermanentError, Settler, Timings
+
+log = structlog.get_logger("stt_daemon.handler")
+
+
+class PartRunner:
+    """Splits recordings and runs parts for the job handler (no fan-out without a FanOut)."""
+
+    def __init__(
+        self,
+        fanout: FanOut | None,
+        settle: Settler,
+        metrics: DaemonMetrics,
+        counts: dict[str, int],
+    ) -> None:
+        self._fanout = fanout
+        self._settle = settle
+        self._metrics = metrics
+        self._counts = counts
+
+    async def split(
+        self,
+        message: AbstractIncomingMessage,
+        job: InboundJob,
+        engine: Engine,
+        audio: Audio,
+        timings: Timings,
+    ) -> bool:
+        """Fan the recording out and ack it; False when it stays whole (short, or queue full)."""
+        if self._fanout is None or not self._fanout.wants(job, audio):
+            return False
+        mark = time.monotonic()
+        try:
+            count = await self._fanout.split(
+                job, audio, engine, reply_to=message.reply_to, correlation_id=message.correlation_id
+            )
+        except CannotSplit as exc:
+            log.warning("job.not_split", reason=str(exc), then="transcribing it whole here")
+            return False
+        timings.mark("split_s", mark)
+        await self._settle.ack_quietly(message, job)
+        self._counts["split"] += 1
+        self._metrics.job_finished(job.message.options.model, "split")
+        log.info("job.split", parts=count, model=job.message.options.model, **timings.marks)
+        return True
+
+    async def wanted(self, message: AbstractIncomingMessage, job: InboundJob) -> bool:
+        """False (and the delivery acked) when the part's recording is settled already."""
+        if self._fanout is None or await asyncio.to_thread(self._fanout.is_active, job.job_id):
+            return True
+        await self._settle.ack_quietly(message, job)
+        log.info("part.skipped", reason="its recording was merged, failed or cancelled")
+        return False
+
+    async def done(
+        self,
+        message: AbstractIncomingMessage,
+        job: InboundJob,
+        attempt: int,
+        timings: Timings,
+        result: TranscriptResult,
+    ) -> None:
+        """Keep the part's transcript; the part that completes the set publishes the merge."""
+        part = job.message.part
+        assert part is not None
+        if self._fanout is None:
+            raise PermanentError(ErrorCode.UNSUPPORTED, "this daemon cannot merge parts")
+        outcome = await asyncio.to_thread(self._fanout.record, job, result)
+        if outcome.merged is not None:
+            final = self._settle.event(job, EventType.SUCCEEDED, attempt, result=outcome.merged)
+            await self._settle.finish(message, job, final, ack=True)
+            await asyncio.to_thread(self._fanout.settle, job.job_id)
+            self._counts["succeeded"] += 1
+        else:
+            if outcome.progress is not None:
+                progress = self._settle.event(
+                    job, EventType.PROGRESS, attempt, progress=outcome.progress
+                )
+                await self._settle.publish_quietly(progress)
+            await self._settle.ack_quietly(message, job)
+        self._counts["parts"] += 1
+        self._metrics.job_finished(
+            job.message.options.model,
+            "part",
+            audio_s=timings.marks["audio_s"],
+            transcribe_s=timings.marks.get("transcribe_s"),
+        )
+        merged = outcome.merged is not None
+        log.info("part.done", part=part.index, of=part.count, merged=merged, **timings.marks)
+
+    async def settle(self, job: InboundJob) -> None:
+        """After a part's final event (failed, cancelled): its recording's other parts skip."""
+        if job.message.part is not None and self._fanout is not None:
+            await asyncio.to_thread(self._fanout.settle, job.job_id)

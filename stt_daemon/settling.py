@@ -1,0 +1,165 @@
+"""How a delivery ends: events published, then ack, dead-letter or requeue, then the blob dropped.
+
+The order is the guarantee: a job is acked only after its final event is
+confirmed, and its audio is deleted only after the ack. The handler decides
+*what* happened to a job; this module says it to the world in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import ChannelInvalidStateError
+
+from stt_daemon.blobs import BlobStore
+from stt_daemon.events import EventPublisher
+from stt_daemon.protocol import ErrorCode, EventType, InboundJob, JobEvent
+
+log = structlog.get_logger("stt_daemon.handler")
+
+
+@dataclass
+class Timings:
+    """Where one job's time went, for its canonical log line."""
+
+    started: float = field(default_factory=time.monotonic)
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, name: str, since: float) -> float:
+        """Record the seconds elapsed since ``since``; return now."""
+        now = time.monotonic()
+        self.marks[name] = round(now - since, 3)
+        return now
+
+
+class PermanentError(Exception):
+    """Retrying will not help: report the job failed and dead-letter it."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DeliveryLost(Exception):
+    """The channel this job came on closed while it ran: the broker gave the job to another."""
+
+
+def delivery_lost(message: AbstractIncomingMessage) -> bool:
+    """True when the delivery can no longer be acked (its channel is closed)."""
+    try:
+        return bool(message.channel.is_closed)
+    except ChannelInvalidStateError:  # aio-pika's answer for a closed channel
+        return True
+
+
+def backoff(attempt: int, base: float, cap: float = 60.0) -> float:
+    """Exponential backoff with full jitter (spreads retries of many jobs apart)."""
+    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+
+
+def ignore_progress(_fraction: float) -> None:
+    """A progress callback that reports nothing."""
+
+
+class Settler:
+    """Builds a job's events and ends its delivery in the one safe order."""
+
+    def __init__(
+        self, events: EventPublisher, blobs: BlobStore, worker: str, progress_interval: float
+    ) -> None:
+        self._events = events
+        self._blobs = blobs
+        self._worker = worker
+        self._progress_interval = progress_interval
+
+    def event(self, job: InboundJob, kind: EventType, attempt: int, **fields: Any) -> JobEvent:
+        """An event about ``job``; final ones carry its options."""
+        if kind.status.is_final:
+            fields["options"] = job.message.options
+        return JobEvent(
+            event=kind,
+            job_id=job.job_id,
+            model=job.message.options.model,
+            attempt=attempt,
+            worker=self._worker,
+            **fields,
+        )
+
+    async def emit(self, job: InboundJob, kind: EventType, attempt: int) -> None:
+        """Publish an event and wait for its confirm."""
+        await self._events.publish(self.event(job, kind, attempt))
+
+    async def publish_quietly(self, event: JobEvent) -> None:
+        """Publish an advisory event (progress): losing one must never fail the job."""
+        try:
+            await self._events.publish(event)
+        except Exception as exc:
+            log.debug("progress.not_published", error=str(exc))
+
+    def progress_reporter(self, job: InboundJob, attempt: int) -> Callable[[float], None]:
+        """A thread-safe callback that publishes throttled ``job.progress`` events."""
+        loop = asyncio.get_running_loop()
+        interval = self._progress_interval
+        last = [0.0]
+
+        def report(fraction: float) -> None:
+            now = time.monotonic()
+            if now - last[0] < interval or fraction >= 1.0:
+                return
+            last[0] = now
+            event = self.event(job, EventType.PROGRESS, attempt, progress=round(fraction, 4))
+            loop.call_soon_threadsafe(lambda: loop.create_task(self.publish_quietly(event)))
+
+        return report
+
+    async def finish(
+        self, message: AbstractIncomingMessage, job: InboundJob, final: JobEvent, *, ack: bool
+    ) -> None:
+        """Publish the final event (and RPC reply), then ack or dead-letter, then drop the blob."""
+        if delivery_lost(message):
+            # The broker closed our channel (missed heartbeats while this process was
+            # stopped, a network cut) and handed the job to another daemon. This
+            # delivery can never be acked; publishing its result would only race the
+            # new owner's, and deleting the blob would pull the audio from under it.
+            raise DeliveryLost(final.job_id)
+        await self._events.publish(final)
+        await self.reply(message, final)
+        if ack:
+            await message.ack()
+        else:
+            await message.reject(requeue=False)  # -> dead-letter exchange
+        self._drop_audio(job)
+
+    async def reply(self, message: AbstractIncomingMessage, final: JobEvent) -> None:
+        """RPC reply when asked for; a caller that went away must not fail the job."""
+        if not message.reply_to:
+            return
+        try:
+            await self._events.reply(final, message.reply_to, message.correlation_id)
+        except Exception as exc:
+            log.warning("reply.not_sent", reply_to=message.reply_to, error=str(exc))
+
+    async def ack_quietly(self, message: AbstractIncomingMessage, job: InboundJob) -> None:
+        """Ack, without an event, a delivery whose work goes on elsewhere; drop its audio."""
+        if delivery_lost(message):
+            raise DeliveryLost(job.job_id)
+        await message.ack()
+        self._drop_audio(job)
+
+    async def requeue(self, message: AbstractIncomingMessage) -> None:
+        """Hand a delivery back; if its channel is gone the broker requeues it anyway."""
+        try:
+            await message.nack(requeue=True)
+        except Exception as exc:
+            log.info("requeue.skipped", error=str(exc))
+
+    def _drop_audio(self, job: InboundJob) -> None:
+        if job.message.audio is not None:
+            self._blobs.delete(job.message.audio.url)
