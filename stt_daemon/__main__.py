@@ -37,8 +37,15 @@ def load_engines(settings: DaemonSettings) -> dict[str, Engine]:
             device=settings.device,
             compute_type=settings.compute_type,
             beam_size=settings.beam_size,
+            batch_size=settings.resolved_batch_size,
         )
-        log.info("model.loaded", model=ref.name, path=str(ref.path), cpu_threads=threads)
+        log.info(
+            "model.loaded",
+            model=ref.name,
+            path=str(ref.path),
+            cpu_threads=threads,
+            batch_size=settings.resolved_batch_size,
+        )
     return engines
 
 

@@ -130,6 +130,9 @@ class DaemonSettings(CommonSettings):
     device: str = "cpu"
     compute_type: str = "int8"
     beam_size: int = Field(default=5, ge=1)
+    #: Speech chunks decoded together per transcription (faster-whisper's batched
+    #: pipeline); unset: 8 on a GPU, 0 (one window after another) on a CPU.
+    batch_size: int | None = Field(default=None, ge=0, le=64)
     #: Minimum seconds between two ``job.progress`` events of one job.
     progress_interval: float = Field(default=1.0, ge=0)
     worker_name: str = Field(default_factory=default_worker_name)
@@ -149,6 +152,13 @@ class DaemonSettings(CommonSettings):
     engine: Literal["whisper", "standin"] = "whisper"
     #: Stand-in engine: seconds of (idle) wall time per second of audio.
     standin_rtf: float = Field(default=0.05, ge=0)
+
+    @property
+    def resolved_batch_size(self) -> int:
+        """``STT_BATCH_SIZE``, or what suits the device: GPUs batch, CPUs run jobs side by side."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return 8 if self.device.startswith("cuda") else 0
 
     @model_validator(mode="after")
     def _parts_fit(self) -> DaemonSettings:
