@@ -7,12 +7,12 @@ iteration happens here, never on the event loop.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from stt_daemon.audio import SAMPLE_RATE, Audio
+from stt_daemon.cores import usable_cores
 from stt_daemon.models import ModelRef
 from stt_daemon.protocol import JobOptions, Segment, TranscriptResult, Word
 
@@ -49,7 +49,7 @@ def threads_per_job(requested: int, jobs_in_flight: int) -> int:
     """Split the machine's cores between the jobs that run at once."""
     if requested > 0:
         return requested
-    return max(1, (os.cpu_count() or 1) // jobs_in_flight)
+    return max(1, usable_cores() // jobs_in_flight)
 
 
 class WhisperEngine:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,16 +10,31 @@ from pydantic import ValidationError
 
 from gateway.__main__ import parse_args
 from gateway.config import GatewaySettings
-from stt_daemon.config import DaemonSettings
+from stt_daemon.config import DaemonSettings, default_prefetch
+from stt_daemon.cores import quota_cores, usable_cores
 from stt_daemon.models import ModelNotFound, resolve
 from stt_daemon.topology import Names, broker_max_length
+
+
+def test_jobs_in_flight_grow_with_the_cores() -> None:
+    assert [default_prefetch(n) for n in (None, 1, 2, 4, 7, 8, 16, 64)] == [3, 3, 3, 3, 3, 4, 8, 32]
+
+
+def test_a_container_quota_bounds_the_cores(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")  # 1.5 cores
+    assert quota_cores(cpu_max) == 2
+    cpu_max.write_text("max 100000\n")
+    assert quota_cores(cpu_max) is None
+    assert quota_cores(tmp_path / "absent") is None
+    assert 1 <= usable_cores() <= (os.cpu_count() or 1)
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # no stray .env
     settings = DaemonSettings()
     assert settings.models == ["tiny.en"]
-    assert settings.prefetch == 3
+    assert settings.prefetch == default_prefetch(usable_cores())
     assert settings.resolved_status_url == f"sqlite:///{tmp_path / 'stt-data' / 'status.db'}"
     assert settings.resolved_blob_url == (tmp_path / "stt-data" / "blobs").as_uri()
 
