@@ -108,12 +108,36 @@ async def throughput(ctx: Context) -> list[Row]:
     ]
 
 
-def _transcribe_times(daemon: Proc) -> dict[str, float]:
+def _done_lines(daemon: Proc) -> dict[str, dict[str, Any]]:
+    """The daemon's canonical ``job.done`` line of each successful job, by job id."""
     return {
-        line["job_id"]: float(line["transcribe_s"])
+        line["job_id"]: line
         for line in daemon.log_lines()
         if line.get("event") == "job.done" and "transcribe_s" in line and "job_id" in line
     }
+
+
+def _where_the_time_goes(
+    totals: dict[str, float], done: dict[str, dict[str, Any]]
+) -> dict[str, float]:
+    """Median ms of each step from submit to final event, from the daemon's job.done lines."""
+    steps: dict[str, list[float]] = {}
+    for job_id, total in totals.items():
+        line = done[job_id]
+        in_daemon = float(line["total_s"])
+        parts = {
+            # From the gateway stamping the job to the daemon starting it: the rest of the
+            # HTTP request (publish, confirm, status row), then the broker's delivery.
+            "submitted_to_started": float(line["queue_wait_s"]),
+            "decode": float(line["decode_s"]),
+            "transcribe": float(line["transcribe_s"]),
+            "daemon_other": in_daemon - float(line["decode_s"]) - float(line["transcribe_s"]),
+            # The final event's publish and confirm, then its way to a consumer.
+            "final_event_to_consumer": total - float(line["queue_wait_s"]) - in_daemon,
+        }
+        for name, seconds in parts.items():
+            steps.setdefault(name, []).append(seconds * 1000)
+    return {name: round(median(values), 2) for name, values in steps.items()}
 
 
 async def overhead(ctx: Context) -> list[Row]:
@@ -127,14 +151,19 @@ async def overhead(ctx: Context) -> list[Row]:
             await tap.wait([job_id], timeout=120)
             totals[job_id] = tap.arrived[job_id][1] - started
     deadline = time.monotonic() + 30
-    while not set(totals) <= set(model := _transcribe_times(daemon)):
+    while not set(totals) <= set(done := _done_lines(daemon)):
         if time.monotonic() > deadline:
             raise RuntimeError("job.done lines missing from the daemon's log")
         await asyncio.sleep(0.2)
+    model = {j: float(done[j]["transcribe_s"]) for j in totals}
     over_ms = [(totals[j] - model[j]) * 1000 for j in totals]
     model_ms = median([model[j] * 1000 for j in totals])
     med = median(over_ms)
-    ctx.details["overhead"] = {"overhead_ms": over_ms, "model_ms_median": model_ms}
+    ctx.details["overhead"] = {
+        "overhead_ms": over_ms,
+        "model_ms_median": model_ms,
+        "median_ms_by_step": _where_the_time_goes(totals, done),
+    }
     return [
         Row(
             "overhead",

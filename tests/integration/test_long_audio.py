@@ -2,7 +2,8 @@
 
 A job held unacknowledged past RabbitMQ's ``consumer_timeout`` is taken back and
 redelivered, and would be killed at the same point forever. The daemon refuses
-up front what its measured speed says would not finish in time.
+up front what its measured speed says would not finish in time, unless it can
+split the recording into parts that do.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ async def test_audio_that_would_outlive_the_ack_timeout_is_refused_with_a_reason
     async with event_tap(channel, stack.names) as tap:
         first = await gw.submit(JFK)  # 11 s: admitted on the assumed speed, and measured
         assert (await gw.wait_final(first["id"]))["status"] == "succeeded"
-        long = await gw.submit(five_minutes)
+        long = await gw.submit(five_minutes, split="false")
         final = await gw.wait_final(long["id"])
         assert final["status"] == "failed", final
         assert final["error"]["code"] == "audio_too_long"
@@ -40,3 +41,7 @@ async def test_audio_that_would_outlive_the_ack_timeout_is_refused_with_a_reason
         # The daemon goes on with work that fits.
         after = await gw.submit(JFK)
         assert (await gw.wait_final(after["id"]))["status"] == "succeeded"
+        # And the same recording, split into parts of at most 60 s, fits too.
+        split = await gw.submit(five_minutes)
+        final = await gw.wait_final(split["id"], timeout=240)
+        assert final["status"] == "succeeded", final
