@@ -138,6 +138,7 @@ def _job_options(args: argparse.Namespace) -> dict[str, Any]:
         "temperature": args.temperature,
         "diarize": args.diarize,
         "callback_url": args.callback_url,
+        "split": False if args.no_split else None,
     }
 
 
@@ -301,6 +302,9 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
     group.add_argument("--diarize", choices=["none", "channels"], help="channels: one speaker each")
     group.add_argument("--callback-url", metavar="URL", help="the gateway POSTs the result here")
+    group.add_argument(
+        "--no-split", action="store_true", help="keep a long recording in one piece, on one daemon"
+    )
 
 
 def _add_transcribe(sub: Any, common: argparse.ArgumentParser) -> None:

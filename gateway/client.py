@@ -246,6 +246,7 @@ class SttClient:
         temperature: float | None = None,
         diarize: str | None = None,
         callback_url: str | None = None,
+        split: bool | None = None,
     ) -> Job:
         """Upload audio as a new job (only the options given are sent).
 
@@ -264,6 +265,7 @@ class SttClient:
             "temperature": temperature,
             "diarize": diarize,
             "callback_url": callback_url,
+            "split": split,
         }
         data = {k: _form_value(v) for k, v in options.items() if v is not None}
         response = self._post_job(path_or_bytes, filename, data)

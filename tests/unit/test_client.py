@@ -146,6 +146,7 @@ def test_submit_sends_the_file_and_only_the_options_given() -> None:
             vad_filter=False,
             beam_size=3,
             temperature=0.0,
+            split=False,
         )
     assert (seen[0].method, seen[0].url.path) == ("POST", "/v1/jobs")
     assert form_fields(seen[0]) == {
@@ -155,6 +156,7 @@ def test_submit_sends_the_file_and_only_the_options_given() -> None:
         "vad_filter": "false",
         "beam_size": "3",
         "temperature": "0.0",
+        "split": "false",
     }
     assert (job.id, job.status, job.model, job.progress) == ("j1", "queued", "tiny.en", 0.0)
     assert isinstance(job.created_at, datetime) and job.created_at.tzinfo is not None
