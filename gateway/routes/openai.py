@@ -37,7 +37,7 @@ log = structlog.get_logger("gateway.openai")
 OPENAI_MODEL_NAMES = frozenset({"whisper-1"})
 OPENAI_MODEL_PREFIX = "gpt-"
 #: Options of ours a client may add to OpenAI's form (the Python client's ``extra_body``).
-EXTRA_OPTIONS = ("hotwords", "vad_filter", "beam_size")
+EXTRA_OPTIONS = ("hotwords", "vad_filter", "beam_size", "split")
 #: Job failures caused by the upload itself: the client's fault, a 400.
 CLIENT_ERRORS = frozenset({ErrorCode.BAD_AUDIO, ErrorCode.AUDIO_TOO_LONG})
 POLL_INTERVAL = 0.1
