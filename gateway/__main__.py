@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
+import tempfile
 
+import structlog
 import uvicorn
 
 from gateway.config import GatewaySettings
+from stt_daemon.logs import configure_logging
+
+log = structlog.get_logger("gateway")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -17,10 +24,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument("--debug", action="store_true", help="log at DEBUG level")
     parser.add_argument("--reload", action="store_true", help="restart when the code changes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes sharing the port; 0 = one per CPU core (default: STT_GATEWAY_WORKERS, 1)",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error("--port must be between 1 and 65535")
+    if args.workers is not None and args.workers < 0:
+        parser.error("--workers must be 0 (one per core) or more")
     return args
+
+
+def share_metrics_between_workers() -> None:
+    """Point prometheus_client's multiprocess mode at a fresh directory of our own.
+
+    Each worker has its own counters; without this, a scrape would see whichever
+    worker took it, and counters would jump back and forth. The variable must be set
+    before a worker imports prometheus_client, hence here, in the parent.
+    """
+    path = tempfile.mkdtemp(prefix="stt-gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,7 +55,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.debug:
         os.environ["STT_LOG_LEVEL"] = "DEBUG"
+    if args.workers is not None:
+        os.environ["STT_GATEWAY_WORKERS"] = str(args.workers)
     settings = GatewaySettings()
+    workers = settings.worker_count
+    if workers > 1:
+        # The parent (uvicorn's supervisor) logs too: the same line shape as the workers'.
+        configure_logging(settings.log_level, settings.log_format)
+        share_metrics_between_workers()
+        if settings.key_rate_limit > 0:
+            log.warning(
+                "auth.rate_limit_per_worker",
+                workers=workers,
+                reason="STT_KEY_RATE_LIMIT is kept per process: a key may get up to "
+                "workers x the limit",
+            )
     try:
         import uvloop  # noqa: F401
 
@@ -46,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         # The websocket endpoint takes a whole recording in one message.
         ws_max_size=settings.max_upload_bytes,
         timeout_graceful_shutdown=30,
+        workers=workers,
     )
 
 

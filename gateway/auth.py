@@ -193,12 +193,15 @@ def _caller(conn: HTTPConnection, openai: bool) -> str | None:
         raise
 
 
-def caller_owner(conn: HTTPConnection) -> str | None:
+# The dependencies are ``async def`` although they never await: FastAPI runs a plain
+# ``def`` dependency in a worker thread, and that hop took 18% of the gateway's CPU
+# while it answered status polls as fast as it could (py-spy).
+async def caller_owner(conn: HTTPConnection) -> str | None:
     """Dependency: the caller's owner id (None when auth is off); 401/429 as ``{"detail"}``."""
     return _caller(conn, openai=False)
 
 
-def openai_caller_owner(conn: HTTPConnection) -> str | None:
+async def openai_caller_owner(conn: HTTPConnection) -> str | None:
     """Dependency: as ``caller_owner``, with errors in OpenAI's shape."""
     return _caller(conn, openai=True)
 

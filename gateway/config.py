@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
@@ -37,6 +38,13 @@ class GatewaySettings(CommonSettings):
     key_rate_burst: int = Field(default=10, ge=1)
     #: Unfinished jobs a key may have; 0 = no limit.
     key_max_active: int = Field(default=0, ge=0)
+    #: Gateway processes sharing the port (``STT_GATEWAY_WORKERS``); 0 = one per CPU core.
+    gateway_workers: int = Field(default=1, ge=0)
+
+    @property
+    def worker_count(self) -> int:
+        """``gateway_workers`` with 0 resolved to the number of cores."""
+        return self.gateway_workers or os.cpu_count() or 1
 
     @field_validator("status_url")
     @classmethod

@@ -7,13 +7,15 @@ default) per app, so that several apps in one test process never collide.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 
 import structlog
 from aio_pika.abc import AbstractRobustConnection
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.broker import BrokerUnavailable, QueueFull, UnroutableJob
@@ -102,7 +104,19 @@ class GatewayMetrics:
             "Jobs ready in a model's queue (read from the broker at scrape time).",
             ["model"],
             registry=self.registry,
+            # Several workers: the value the latest scrape read (any worker's) wins.
+            multiprocess_mode="mostrecent",
         )
+
+    def exposition(self) -> bytes:
+        """The text exposition format; with several workers, all of theirs summed."""
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            return generate_latest(self.registry)
+        # Set by ``gateway.__main__`` for worker processes: each writes its samples to
+        # files there, and whichever worker answers the scrape adds them all up.
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
 
     def job_submitted(self, model: str) -> None:
         """A job the broker confirmed."""

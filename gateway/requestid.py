@@ -7,9 +7,10 @@ it is sane, so a request can be followed from the load balancer to the daemon.
 
 from __future__ import annotations
 
+import logging
 import re
+import secrets
 import time
-import uuid
 from typing import Any
 
 import structlog
@@ -33,9 +34,10 @@ def route_template(scope: Scope) -> str:
 
 
 def request_id_of(headers: Headers) -> str:
-    """The client's ``X-Request-ID`` when it is sane, else a new one."""
+    """The client's ``X-Request-ID`` when it is sane, else a new one (32 random hex digits,
+    the shape of ``uuid4().hex`` at a fraction of its cost)."""
     given = headers.get(HEADER, "")
-    return given if _SANE.fullmatch(given) else uuid.uuid4().hex
+    return given if _SANE.fullmatch(given) else secrets.token_hex(16)
 
 
 def current_request_id() -> str | None:
@@ -72,12 +74,15 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            log.info(
-                "http.request",
-                method=scope["method"],
-                route=route_template(scope),
-                path=scope["path"],
-                status=status,
-                duration_s=round(time.perf_counter() - started, 4),
-            )
+            # structlog runs its processors before the stdlib level check drops a line;
+            # asking first spares every request that work when access lines are off.
+            if log.is_enabled_for(logging.INFO):
+                log.info(
+                    "http.request",
+                    method=scope["method"],
+                    route=route_template(scope),
+                    path=scope["path"],
+                    status=status,
+                    duration_s=round(time.perf_counter() - started, 4),
+                )
         structlog.contextvars.unbind_contextvars("request_id")

@@ -201,12 +201,18 @@ def _check_idempotency_key(key: str | None, blob: BlobWriter) -> None:
 
 
 def get_services(conn: HTTPConnection) -> Services:
-    """Dependency: the app's services (HTTP requests and websockets alike)."""
+    """The app's services (HTTP requests and websockets alike)."""
     services: Services = conn.app.state.services
     return services
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
+async def services_dependency(conn: HTTPConnection) -> Services:
+    """Dependency: ``get_services``, as a coroutine so that FastAPI runs it on the event
+    loop instead of sending a plain ``def`` to a worker thread on every request."""
+    return get_services(conn)
+
+
+ServicesDep = Annotated[Services, Depends(services_dependency)]
 #: The ``Idempotency-Key`` request header: repeats of a submission with it make one job.
 IdempotencyKey = Annotated[
     str | None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.auth import REQUIRE_KEY
 from gateway.services import ServicesDep
@@ -16,4 +16,4 @@ router = APIRouter(tags=["metrics"], dependencies=[REQUIRE_KEY])
 async def metrics(services: ServicesDep) -> Response:
     """Prometheus metrics; queue depths are read from the broker now (2 s at most)."""
     await services.metrics.refresh_queue_depths(services.accepted_models())
-    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(services.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

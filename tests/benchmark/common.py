@@ -89,6 +89,18 @@ def vm_hwm_mb(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
+def peak_process_hwm_mb(pid: int) -> float:
+    """The largest ``VmHWM`` of a process and its children (a gateway's workers), in MiB."""
+    pids = [pid]
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        pids += [int(child) for child in children.read_text().split()]
+    peaks = []
+    for each in pids:
+        with contextlib.suppress(OSError, RuntimeError):  # a child that exited meanwhile
+            peaks.append(vm_hwm_mb(each))
+    return max(peaks)
+
+
 def audio_seconds(path: Path) -> float:
     """Length of a recording, decoded as the daemon decodes it."""
     return float(decode(path, max_seconds=3 * 3600).shape[0] / SAMPLE_RATE)

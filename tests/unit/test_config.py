@@ -89,6 +89,18 @@ def test_gateway_flags_match_the_original_run_py() -> None:
     assert (args.host, args.port, args.debug, args.reload) == ("0.0.0.0", 9000, True, True)
 
 
+def test_gateway_workers_default_to_one_and_zero_means_one_per_core(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert parse_args([]).workers is None and parse_args(["--workers", "0"]).workers == 0
+    with pytest.raises(SystemExit):
+        parse_args(["--workers", "-1"])
+    assert GatewaySettings().worker_count == 1
+    monkeypatch.setenv("STT_GATEWAY_WORKERS", "0")
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    assert GatewaySettings().worker_count == 6
+
+
 def test_daemon_gives_up_before_the_broker_backstop(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STT_MAX_ATTEMPTS", "10")
     monkeypatch.setenv("STT_DELIVERY_LIMIT", "10")
