@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 
 from gateway.store import check_status_url
 from stt_daemon.config import CommonSettings
+from stt_daemon.cores import usable_cores
 
 
 class GatewaySettings(CommonSettings):
@@ -44,7 +44,7 @@ class GatewaySettings(CommonSettings):
     @property
     def worker_count(self) -> int:
         """``gateway_workers`` with 0 resolved to the number of cores."""
-        return self.gateway_workers or os.cpu_count() or 1
+        return self.gateway_workers or usable_cores()
 
     @field_validator("status_url")
     @classmethod

@@ -97,7 +97,7 @@ def test_gateway_workers_default_to_one_and_zero_means_one_per_core(
         parse_args(["--workers", "-1"])
     assert GatewaySettings().worker_count == 1
     monkeypatch.setenv("STT_GATEWAY_WORKERS", "0")
-    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    monkeypatch.setattr("gateway.config.usable_cores", lambda: 6)
     assert GatewaySettings().worker_count == 6
 
 
