@@ -6,6 +6,8 @@ that the merged transcript reads like the unsplit one.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +136,32 @@ async def test_a_full_queue_runs_the_recording_whole(stack: Stack, tmp_path: Pat
     assert not logged([daemon], "job.split")
     assert_continuous(await result_of(gw, job["id"]), 200)
     assert not list((stack.data_dir / "blobs").glob("fan-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+async def test_a_daemon_killed_while_running_a_part_loses_nothing(
+    stack: Stack, channel: AbstractChannel, tmp_path: Path
+) -> None:
+    talk = long_talk(tmp_path / "talk.wav", 300, tmp_path)
+    gw = await stack.gateway()
+    env = {**STANDIN, "STT_STANDIN_RTF": "0.1", "STT_HEARTBEAT": "5"}
+    victim, survivor = await stack.daemon(**env), await stack.daemon(**env)
+    async with event_tap(channel, stack.names) as tap:
+        job = await gw.submit(talk)
+        # Kill the victim in the middle of a part: after it finished one, as it runs the next.
+        await victim.wait_for_log("part.done", timeout=120)
+        await asyncio.sleep(1)
+        victim.signal(signal.SIGKILL)
+        final = await gw.wait_final(job["id"], timeout=240)
+        assert final["status"] == "succeeded", final
+        result = await result_of(gw, job["id"])
+        assert_continuous(result, 300)
+        covered = sum(s["end"] - s["start"] for s in result["segments"])
+        assert covered == pytest.approx(300, abs=0.5)  # every part once, none twice
+        # The part the victim was running came back to the survivor as a second attempt.
+        assert any(line.get("attempt") == 2 for line in logged([survivor], "part.done"))
+        # One recording, one result: a repeated final event could only repeat it.
+        finals = tap.of(job["id"], "job.succeeded")
+        assert len({e.result.model_dump_json() for e in finals if e.result}) == 1
+    assert not list((stack.data_dir / "blobs").glob("fan-*.json"))
