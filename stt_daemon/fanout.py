@@ -36,7 +36,7 @@ import aio_pika
 import numpy as np
 import structlog
 from aio_pika.abc import AbstractExchange
-from aio_pika.exceptions import DeliveryError, PublishError
+from aio_pika.exceptions import DeliveryError
 from pamqp.commands import Basic
 from pydantic import BaseModel
 
@@ -242,9 +242,9 @@ class FanOut:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._exchange.publish(message, routing_key=model, mandatory=True)
-        except PublishError:
-            raise  # unroutable: no queue for the model any more; a transient error
         except DeliveryError as exc:
+            # Only a nack means a full queue; a return (PublishError: no queue for the
+            # model) and anything else are transient errors for the handler to retry.
             if isinstance(exc.frame, Basic.Nack):
                 raise CannotSplit(f"the job queue of {model!r} refused a part") from None
             raise
