@@ -156,7 +156,7 @@ def long_talk(out: Path, seconds: float, work_dir: Path) -> Path:
     Every stretch differs from the others, so a transcript merged out of order
     or missing a stretch reads differently from the whole one. A 16 kHz WAV.
     """
-    from stack import HOTWORDS, JFK  # the team's recordings
+    from stack import HOTWORDS, JFK  # the recordings in tests/data
 
     pause = np.zeros(int(0.8 * 16000), dtype=np.float32)
     pieces: list[np.ndarray] = []

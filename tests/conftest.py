@@ -17,9 +17,9 @@ from stt_daemon.localbroker import LocalRabbitNode
 
 @pytest.fixture(scope="session")
 def audio_dir() -> Path:
-    """The team's test recordings (../shared/audio beside the repo, or STT_TEST_AUDIO_DIR)."""
+    """The test recordings committed under tests/data."""
     if not JFK.is_file():
-        pytest.fail(f"test audio missing: {JFK} (set STT_TEST_AUDIO_DIR)")
+        pytest.fail(f"test audio missing: {JFK} (tests/data is part of the repository)")
     return JFK.parent
 
 
