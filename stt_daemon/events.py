@@ -16,6 +16,20 @@ from stt_daemon.protocol import JSON_CONTENT_TYPE, EventType, JobEvent
 log = structlog.get_logger("stt_daemon.events")
 
 
+def message_id(event: JobEvent) -> str:
+    """The AMQP ``message_id`` consumers de-duplicate on.
+
+    A job has one final event, so that one is named by the job: a daemon that dies
+    after publishing it but before its ack transcribes the job again, and the second
+    result must read as a duplicate of the first. Other events (``job.started`` each
+    attempt, ``job.progress`` many times) are each new: their own ``event_id``, made
+    once with the event, so a retried publish or a redelivery keeps it.
+    """
+    if event.event.status.is_final:
+        return f"{event.job_id}:{event.event.value}"
+    return event.event_id
+
+
 def event_message(event: JobEvent, *, correlation_id: str | None = None) -> aio_pika.Message:
     """The AMQP message of an event: persistent, except progress (superseded within seconds)."""
     persistent = event.event is not EventType.PROGRESS
@@ -25,7 +39,7 @@ def event_message(event: JobEvent, *, correlation_id: str | None = None) -> aio_
         delivery_mode=(
             aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
         ),
-        message_id=f"{event.job_id}:{event.event.value}",
+        message_id=message_id(event),
         correlation_id=correlation_id,
         type=event.event.value,
         timestamp=event.timestamp,

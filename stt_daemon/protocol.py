@@ -7,6 +7,7 @@ import it. This module imports nothing else of ours and never faster-whisper.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -243,6 +244,9 @@ class JobEvent(_Wire):
     schema_version: Literal[1] = SCHEMA_VERSION
     event: EventType
     job_id: str
+    #: Made once with the event: a retried publish or a redelivery keeps it, the next
+    #: event gets another. The AMQP message_id of every event but a job's final one.
+    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     model: str | None = None
     timestamp: datetime = Field(default_factory=utcnow)
     attempt: int | None = None
