@@ -1,4 +1,4 @@
-"""``stt-gateway``: the flags of the original ``run.py`` (--host, --port, --debug, --reload)."""
+"""``stt-gateway``: the flags of the original ``run.py`` (--host, --port, --debug, --[no]reload)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument("--debug", action="store_true", help="log at DEBUG level")
     parser.add_argument("--reload", action="store_true", help="restart when the code changes")
+    # The original run.py took --noreload; reload is off by default here, but command
+    # lines written for it (scripts, unit files) must keep working. The last one given wins.
+    parser.add_argument(
+        "--noreload", dest="reload", action="store_false", help="do not reload (the default)"
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -84,6 +89,9 @@ def main(argv: list[str] | None = None) -> None:
         reload=args.reload,
         loop=loop,
         log_config=None,  # our structlog set-up handles uvicorn's loggers
+        # gateway.requestid logs one access line per request, with the request id;
+        # uvicorn's own would say it a second time.
+        access_log=False,
         # The websocket endpoint takes a whole recording in one message.
         ws_max_size=settings.max_upload_bytes,
         timeout_graceful_shutdown=30,
