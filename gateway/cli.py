@@ -320,14 +320,34 @@ def _add_transcribe(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_transcribe)
 
 
+def _add_global_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
+    """--url and --api-key, accepted before the command (``stt --url X models``) and after it.
+
+    Under a command they default to SUPPRESS: argparse then sets them only when
+    given there, so a value given before the command is not overwritten by a default.
+    """
+    default_url = os.environ.get("STT_URL") or DEFAULT_URL
+    parser.add_argument(
+        "--url",
+        default=argparse.SUPPRESS if sub else default_url,
+        help=f"gateway (default $STT_URL, else {DEFAULT_URL}; now {default_url})",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=argparse.SUPPRESS if sub else None,
+        metavar="KEY",
+        help="sent as a Bearer token (default $STT_API_KEY, which keeps it out of ps and history)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``stt`` command line."""
     common = argparse.ArgumentParser(add_help=False)
-    default_url = os.environ.get("STT_URL") or DEFAULT_URL
-    common.add_argument("--url", default=default_url, help=f"gateway (default {default_url})")
+    _add_global_options(common, sub=True)
     parser = argparse.ArgumentParser(
         prog="stt", description="Whisper transcription jobs: submit, follow, fetch."
     )
+    _add_global_options(parser, sub=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_transcribe(sub, common)
     status = sub.add_parser("status", parents=[common], help="print a job as JSON")
@@ -349,7 +369,7 @@ def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | 
     """Console script entry point; ``transport`` lets tests answer for the gateway."""
     args = build_parser().parse_args(argv)
     try:
-        with SttClient(args.url, transport=transport) as client:
+        with SttClient(args.url, api_key=args.api_key, transport=transport) as client:
             code: int = args.handler(args, client)
             return code
     except SttConnectionError as exc:
