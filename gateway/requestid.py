@@ -1,5 +1,8 @@
 """Request ids: ``X-Request-ID`` in, on every log line of the request, and out; one access line.
 
+The access line also names the job a request submitted (``job_id``, bound by
+``Services.submit``), websocket sessions included.
+
 A pure ASGI middleware (no ``BaseHTTPMiddleware``: that runs the app in another
 task and buffers nothing we need). The id a client or proxy sends is kept when
 it is sane, so a request can be followed from the load balancer to the daemon.
@@ -53,6 +56,9 @@ class RequestIdMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -85,4 +91,45 @@ class RequestIdMiddleware:
                     status=status,
                     duration_s=round(time.perf_counter() - started, 4),
                 )
-        structlog.contextvars.unbind_contextvars("request_id")
+        structlog.contextvars.unbind_contextvars("request_id", "job_id")
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The same for a websocket session: one line when it ends, with its close code."""
+        structlog.contextvars.bind_contextvars(request_id=request_id_of(Headers(scope=scope)))
+        # The handshake's HTTP status: 101 once accepted, 403 when closed before (what
+        # the server answers then), or the status of a denial response.
+        status = 403
+        close_code: int | None = None
+
+        async def watch(message: Message) -> None:
+            nonlocal status, close_code
+            if message["type"] == "websocket.accept":
+                status = 101
+            elif message["type"] == "websocket.http.response.start":
+                status = message["status"]
+            elif message["type"] == "websocket.close" and status == 101:
+                close_code = message.get("code", 1000)
+            await send(message)
+
+        async def heard() -> Message:
+            nonlocal close_code
+            message = await receive()
+            if message["type"] == "websocket.disconnect" and close_code is None:
+                close_code = message.get("code", 1000)  # the client closed first
+            return message
+
+        started = time.perf_counter()
+        try:
+            await self.app(scope, heard, watch)
+        finally:
+            if log.is_enabled_for(logging.INFO):
+                log.info(
+                    "http.request",
+                    method="WEBSOCKET",
+                    route=route_template(scope),
+                    path=scope["path"],
+                    status=status,
+                    close_code=close_code,
+                    duration_s=round(time.perf_counter() - started, 4),
+                )
+        structlog.contextvars.unbind_contextvars("request_id", "job_id")

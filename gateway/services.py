@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import structlog
 from fastapi import Depends, Header, HTTPException
 from pydantic import ValidationError
 from starlette.requests import HTTPConnection
@@ -101,6 +102,9 @@ class Services:
         _check_idempotency_key(idempotency_key, blob)
         await self._check_active_quota(owner, blob)
         job_id = str(uuid.uuid4())
+        # Bound for the rest of the request: its access line (gateway/requestid.py) and
+        # every later line name the job, whichever route submitted it.
+        structlog.contextvars.bind_contextvars(job_id=job_id)
         ref = blob.commit(job_id, content_type, filename)
         job = JobMessage(job_id=job_id, options=options, audio=ref, request_id=current_request_id())
         record = JobRecord(
@@ -118,6 +122,8 @@ class Services:
         if idempotency_key is not None:
             repeated = await self._repeated_job(record, idempotency_key, ref.url)
             if repeated is not None:
+                # Ours was dropped: the request answers with the earlier job.
+                structlog.contextvars.bind_contextvars(job_id=repeated.id)
                 return repeated
         try:
             await self.broker.publish_job(job)
@@ -127,6 +133,8 @@ class Services:
             if idempotency_key is not None:  # so that the client's retry can submit
                 await self.store.release_idempotency(owner, idempotency_key)
             self.metrics.job_refused(exc)
+            # The client never gets this id: the refusal's access line names no job.
+            structlog.contextvars.unbind_contextvars("job_id")
             raise
         self.metrics.job_submitted(options.model)
         return record

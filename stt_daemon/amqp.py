@@ -41,6 +41,16 @@ def redact(url: str) -> str:
     return str(parsed.with_password("***")) if parsed.password else url
 
 
+def addresses(value: str) -> list[str]:
+    """``host:port`` of each address of ``STT_AMQP_URL`` (no credentials), for logs."""
+    found = []
+    for url in split_urls(value):
+        parsed = URL(url)
+        port = parsed.port or (5671 if parsed.scheme == "amqps" else 5672)
+        found.append(f"{parsed.host}:{port}")
+    return found
+
+
 def uses_guest_remotely(url: str) -> bool:
     """True for the default ``guest:guest`` account on a host that is not this machine."""
     parsed = URL(url)

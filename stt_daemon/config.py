@@ -144,6 +144,10 @@ class DaemonSettings(CommonSettings):
     #: Speech chunks decoded together per transcription (faster-whisper's batched
     #: pipeline); unset: 8 on a GPU, 0 (one window after another) on a CPU.
     batch_size: int | None = Field(default=None, ge=0, le=64)
+    #: Seconds of transcription between two checkpoints of a job (the segments done so
+    #: far, in the blob store, so that whoever runs it next resumes there); 0 = only
+    #: when the daemon stops. See checkpoints.py.
+    checkpoint_seconds: float = Field(default=30.0, ge=0)
     #: Minimum seconds between two ``job.progress`` events of one job.
     progress_interval: float = Field(default=1.0, ge=0)
     worker_name: str = Field(default_factory=default_worker_name)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from stt_daemon.audio import SAMPLE_RATE, Audio
+from stt_daemon.checkpoints import Tracker
 from stt_daemon.cores import usable_cores
 from stt_daemon.models import ModelRef
 from stt_daemon.protocol import JobOptions, Segment, TranscriptResult, Word
@@ -20,7 +21,7 @@ ProgressCallback = Callable[[float], None]
 
 
 class JobCancelled(Exception):
-    """The job was cancelled while running (shutdown deadline passed)."""
+    """The job was asked to stop while running (a user's cancel, or the daemon stopping)."""
 
 
 class Engine(Protocol):
@@ -36,8 +37,13 @@ class Engine(Protocol):
         options: JobOptions,
         on_progress: ProgressCallback,
         cancelled: threading.Event,
+        tracker: Tracker | None = None,
     ) -> TranscriptResult:
-        """Transcribe 16 kHz mono audio; blocking."""
+        """Transcribe 16 kHz mono audio; blocking.
+
+        With a ``tracker``, start where its checkpoint ends (if any) and report every
+        segment and window to it, so that the job can be resumed.
+        """
         ...
 
     def detect_language(self, audio: Audio) -> tuple[str, float]:
@@ -109,14 +115,41 @@ class WhisperEngine:
         language, probability, _ = self._model.detect_language(audio[: 30 * SAMPLE_RATE])
         return language, probability
 
+    def _prompt_tokens(self, prompt: str | None) -> list[int]:
+        """The job's own prompt as faster-whisper tokenizes it (a leading space)."""
+        if not prompt:
+            return []
+        return list(self._model.hf_tokenizer.encode(" " + prompt.strip()).ids)
+
+    def _resume_kwargs(self, options: JobOptions, tracker: Tracker | None) -> dict[str, Any]:
+        """What makes a resumed run pick up exactly where the checkpoint ends."""
+        resume = tracker.resume if tracker is not None else None
+        if resume is None:
+            return {}
+        prompt = [] if resume.prompt_reset else self._prompt_tokens(options.prompt)
+        return {
+            # The same features from the same place: Whisper seeks there itself.
+            "clip_timestamps": [resume.start],
+            "initial_prompt": prompt + resume.prompt_tokens,
+            "language": options.language or resume.language,
+        }
+
     def transcribe(
         self,
         audio: Audio,
         options: JobOptions,
         on_progress: ProgressCallback,
         cancelled: threading.Event,
+        tracker: Tracker | None = None,
     ) -> TranscriptResult:
         """Transcribe, reporting progress per segment and stopping early when cancelled."""
+        # Resuming needs Whisper's own windows: not with the VAD (it concatenates the
+        # speech) nor batched (chunks decoded together).
+        windows = self._batched is None and not options.vad_filter
+        if not windows:
+            tracker = None
+        if cancelled.is_set():
+            raise JobCancelled("stopped before transcribing")
         if self._batched is not None:
             # The batched pipeline finds its chunks with the VAD: it is always on there.
             # With timestamps, segments stay sentence-sized (subtitles need them), and
@@ -130,36 +163,53 @@ class WhisperEngine:
                 audio, batch_size=self._batch_size, **kwargs
             )
         else:
-            segments_iter, info = self._model.transcribe(audio, **self._whisper_kwargs(options))
+            kwargs = {**self._whisper_kwargs(options), **self._resume_kwargs(options, tracker)}
+            segments_iter, info = self._model.transcribe(audio, **kwargs)
+        resume = tracker.resume if tracker is not None else None
+        language = resume.language if resume is not None and resume.language else info.language
+        probability = (
+            resume.language_probability
+            if resume is not None and resume.language
+            else info.language_probability
+        )
         duration = audio.shape[0] / SAMPLE_RATE
-        segments: list[Segment] = []
+        if tracker is not None:
+            tracker.begin(duration, language, probability)
+        segments: list[Segment] = list(resume.segments) if resume is not None else []
         for seg in segments_iter:
             if cancelled.is_set():
                 raise JobCancelled("cancelled while transcribing")
-            words = None
-            if options.word_timestamps and seg.words is not None:
-                words = [
-                    Word(start=w.start, end=w.end, word=w.word, probability=w.probability)
-                    for w in seg.words
-                ]
-            segments.append(
-                Segment(
-                    id=len(segments),
-                    start=min(seg.start, duration),
-                    # The batched pipeline's last timestamp can overshoot the audio a little.
-                    end=min(seg.end, duration),
-                    text=seg.text,
-                    words=words,
-                )
-            )
+            segment = self._segment(seg, len(segments), duration, options)
+            segments.append(segment)
+            if tracker is not None:
+                # seek: the window's first mel frame, 100 a second.
+                tracker.add(segment, seg.seek / 100, seg.tokens, seg.temperature or 0.0)
             if duration > 0:
                 on_progress(min(seg.end / duration, 1.0))
         return TranscriptResult(
             text="".join(s.text for s in segments).strip(),
-            language=info.language,
-            language_probability=info.language_probability,
+            language=language,
+            language_probability=probability,
             duration=duration,
             model=self.name,
             task=options.task,
             segments=segments,
+        )
+
+    @staticmethod
+    def _segment(seg: Any, index: int, duration: float, options: JobOptions) -> Segment:
+        """Our segment from faster-whisper's."""
+        words = None
+        if options.word_timestamps and seg.words is not None:
+            words = [
+                Word(start=w.start, end=w.end, word=w.word, probability=w.probability)
+                for w in seg.words
+            ]
+        return Segment(
+            id=index,
+            start=min(seg.start, duration),
+            # The batched pipeline's last timestamp can overshoot the audio a little.
+            end=min(seg.end, duration),
+            text=seg.text,
+            words=words,
         )

@@ -20,12 +20,15 @@ from aio_pika.abc import AbstractIncomingMessage
 from stt_daemon.admission import Admission
 from stt_daemon.audio import SAMPLE_RATE, Audio, AudioError, decode
 from stt_daemon.blobs import BlobError, BlobStore
+from stt_daemon.checkpoints import Checkpoint, CheckpointStore, Tracker
 from stt_daemon.config import DaemonSettings
 from stt_daemon.control import Cancellations
 from stt_daemon.diarize import transcribe_channels
 from stt_daemon.engine import Engine, JobCancelled
 from stt_daemon.events import EventPublisher
 from stt_daemon.fanout import FanOut
+from stt_daemon.handback import Handback
+from stt_daemon.interrupts import Interrupts
 from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.parts import PartRunner
 from stt_daemon.protocol import (
@@ -48,6 +51,7 @@ from stt_daemon.settling import (
     Settler,
     Timings,
     backoff,
+    delivery_lost,
     ignore_progress,
 )
 
@@ -81,6 +85,7 @@ class JobHandler:
         metrics: DaemonMetrics | None = None,
         quarantine: Quarantine | None = None,
         fanout: FanOut | None = None,
+        handback: Handback | None = None,
     ) -> None:
         self._settings = settings
         self.metrics = metrics or DaemonMetrics()
@@ -88,10 +93,15 @@ class JobHandler:
         self._engines = engines
         self._blobs = blobs
         self._events = events
-        self._settle = Settler(events, blobs, settings.worker_name, settings.progress_interval)
+        self._checkpoints = CheckpointStore(blobs)
+        self._settle = Settler(
+            events, blobs, settings.worker_name, settings.progress_interval, self._checkpoints
+        )
         self._cancellations = cancellations or Cancellations()
         self._admission = Admission(settings.ack_timeout, settings.assumed_rtf)
         self._quarantine = quarantine
+        self._handback = handback
+        self._interrupts = Interrupts()
         self.counts: dict[str, int] = {
             "succeeded": 0,
             "failed": 0,
@@ -104,6 +114,10 @@ class JobHandler:
             "parts": 0,
         }
         self._parts = PartRunner(fanout, self._settle, self.metrics, self.counts)
+
+    def stop(self, grace: float) -> None:
+        """The daemon is stopping: jobs that need more than ``grace`` seconds go back now."""
+        self._interrupts.stop(grace)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         """Process one delivery to the end: exactly one of ack, reject or requeue."""
@@ -184,21 +198,29 @@ class JobHandler:
         cancelled: threading.Event,
     ) -> None:
         timings = Timings()
+        tracker = Tracker(
+            job,
+            await asyncio.to_thread(self._checkpoints.load, job),
+            lambda checkpoint: self._checkpoints.save(job, checkpoint),
+            self._settings.checkpoint_seconds,
+        )
         try:
-            await self._work(message, job, attempt, timings, cancelled)
+            await self._work(message, job, attempt, timings, cancelled, tracker)
         except PermanentError as exc:
             await self._fail(message, job, attempt, ErrorInfo(code=exc.code, message=str(exc)))
         except JobCancelled:
-            await self._cancel(message, job, attempt)
+            if self._interrupts.interrupted(cancelled):
+                await self._hand_back(message, job, attempt, tracker, "daemon stopping")
+            else:
+                await self._cancel(message, job, attempt)
         except DeliveryLost:
             raise  # not a job error: nothing to retry here
         except asyncio.CancelledError:
             # Shutdown deadline: stop the worker thread and hand the job back intact.
             cancelled.set()
-            await asyncio.shield(self._settle.requeue(message))
-            self.counts["handed_back"] += 1
-            self.metrics.job_finished(job.message.options.model, "handed_back")
-            log.warning("job.handed_back", reason="shutdown deadline")
+            await asyncio.shield(
+                self._hand_back(message, job, attempt, tracker, "shutdown deadline")
+            )
             raise
         except Exception as exc:  # transient: anything we did not classify as permanent
             await self._retry(message, job, attempt, exc)
@@ -210,16 +232,26 @@ class JobHandler:
         attempt: int,
         timings: Timings,
         cancelled: threading.Event,
+        tracker: Tracker,
     ) -> None:
         """Transcribe a job, or fan a long recording out, or run one part of one."""
         part = job.message.part
+        resume = tracker.resume
         if part is None:
-            await self._settle.emit(job, EventType.STARTED, attempt)
+            # A resumed job starts where its checkpoint ends, and says so.
+            progress = resume.fraction if resume is not None else None
+            await self._settle.emit(job, EventType.STARTED, attempt, progress=progress)
+        log.info(
+            "job.started",
+            model=job.message.options.model,
+            part=part.index if part is not None else None,
+            resumed_from_s=round(resume.start, 3) if resume is not None else None,
+        )
         engine = self._engine(job.message.options)
         audio = await self._decode(job, timings)
         if await self._parts.split(message, job, engine, audio, timings):
             return
-        result = await self._transcribe(job, engine, audio, attempt, timings, cancelled)
+        result = await self._transcribe(job, engine, audio, attempt, timings, cancelled, tracker)
         if part is not None:
             await self._parts.done(message, job, attempt, timings, result)
             return
@@ -252,6 +284,7 @@ class JobHandler:
         attempt: int,
         timings: Timings,
         cancelled: threading.Event,
+        tracker: Tracker,
     ) -> TranscriptResult:
         options = job.message.options
         audio_s = timings.marks["audio_s"]
@@ -264,14 +297,25 @@ class JobHandler:
             if job.message.part is None
             else ignore_progress
         )
-        # JobCancelled from the thread means a user cancelled the job: at shutdown the
-        # task itself is cancelled first, and the thread's late exception is dropped.
-        if audio.ndim == 2:
-            result = await asyncio.to_thread(
-                transcribe_channels, engine, audio, options, progress, cancelled
-            )
-        else:
-            result = await asyncio.to_thread(engine.transcribe, audio, options, progress, cancelled)
+        done = [tracker.resume.fraction if tracker.resume is not None else 0.0]
+
+        def report(fraction: float) -> None:
+            done[0] = fraction
+            progress(fraction)
+
+        rtf = self._admission.rtf(options.model)
+        # JobCancelled from the thread: a user cancelled the job, or the daemon is stopping
+        # (interrupts tell which). At the shutdown deadline the task itself is cancelled
+        # first, and the thread's late exception is dropped.
+        with self._interrupts.transcribing(cancelled, lambda: (1 - done[0]) * audio_s * rtf):
+            if audio.ndim == 2:
+                result = await asyncio.to_thread(
+                    transcribe_channels, engine, audio, options, report, cancelled
+                )
+            else:
+                result = await asyncio.to_thread(
+                    engine.transcribe, audio, options, report, cancelled, tracker
+                )
         timings.mark("transcribe_s", mark)
         self._admission.observe(options.model, audio_s, timings.marks["transcribe_s"])
         return result
@@ -293,6 +337,54 @@ class JobHandler:
         if per_channel and audio.ndim == 1:
             audio = audio.reshape(1, -1)  # a mono file is one speaker
         return audio
+
+    async def _hand_back(
+        self,
+        message: AbstractIncomingMessage,
+        job: InboundJob,
+        attempt: int,
+        tracker: Tracker,
+        reason: str,
+    ) -> None:
+        """Save what is done, tell the world the job waits again, and put it back unharmed."""
+        checkpoint = await asyncio.to_thread(self._save_checkpoint, tracker)
+        if delivery_lost(message):
+            raise DeliveryLost(job.job_id)  # the broker has put it back already
+        if job.message.part is None:
+            # Parts report on their whole recording, which other parts keep running.
+            requeued = self._settle.event(
+                job,
+                EventType.REQUEUED,
+                attempt,
+                progress=round(checkpoint.fraction, 4) if checkpoint is not None else None,
+            )
+            await self._settle.publish_quietly(requeued)
+        how = "republished"
+        try:
+            if self._handback is None:
+                raise RuntimeError("no hand-back channel")
+            # This attempt does not count: it was interrupted, not failed.
+            await self._handback.give_back(message, attempts=attempt - 1)
+        except Exception as exc:
+            # Never lose it: a plain requeue costs an attempt, but keeps the job.
+            how = f"requeued ({type(exc).__name__}: {exc})"
+            await self._settle.requeue(message)
+        self.counts["handed_back"] += 1
+        self.metrics.job_finished(job.message.options.model, "handed_back")
+        log.warning(
+            "job.handed_back",
+            reason=reason,
+            how=how,
+            checkpoint_s=round(checkpoint.start, 3) if checkpoint is not None else None,
+        )
+
+    def _save_checkpoint(self, tracker: Tracker) -> Checkpoint | None:
+        """Save the tracker's checkpoint (blocking); a failure only loses the shortcut."""
+        try:
+            return tracker.flush()
+        except OSError as exc:
+            log.warning("checkpoint.not_saved", error=str(exc))
+            return None
 
     async def _cancel(
         self, message: AbstractIncomingMessage, job: InboundJob, attempt: int

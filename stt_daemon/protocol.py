@@ -36,7 +36,11 @@ INLINE_OPTION_HEADERS = (
 
 
 class JobStatus(StrEnum):
-    """Where a job is; it only ever moves forward. Final: succeeded, failed, cancelled."""
+    """Where a job is. Final: succeeded, failed, cancelled.
+
+    It only moves forward, but for one step back: a job handed back by a daemon
+    that stopped (``job.requeued``) is queued again.
+    """
 
     QUEUED = "queued"
     PROCESSING = "processing"
@@ -76,6 +80,9 @@ class EventType(StrEnum):
 
     STARTED = "job.started"
     PROGRESS = "job.progress"
+    #: A daemon that stopped handed the job back, unharmed: it waits in the queue
+    #: again (no attempt used), and resumes from its checkpoint.
+    REQUEUED = "job.requeued"
     SUCCEEDED = "job.succeeded"
     FAILED = "job.failed"
     CANCELLED = "job.cancelled"
@@ -86,6 +93,7 @@ class EventType(StrEnum):
         return {
             EventType.STARTED: JobStatus.PROCESSING,
             EventType.PROGRESS: JobStatus.PROCESSING,
+            EventType.REQUEUED: JobStatus.QUEUED,
             EventType.SUCCEEDED: JobStatus.SUCCEEDED,
             EventType.FAILED: JobStatus.FAILED,
             EventType.CANCELLED: JobStatus.CANCELLED,
@@ -219,6 +227,29 @@ class Segment(_Wire):
     speaker: str | None = None
 
 
+class WarningCode(StrEnum):
+    """The warning codes daemons write."""
+
+    #: Speech (Silero VAD) that no segment covers: another language than the model's
+    #: or the detected one, most likely.
+    UNTRANSCRIBED_SPEECH = "untranscribed_speech"
+
+
+class ResultWarning(_Wire):
+    """Something a user should know about a result that succeeded."""
+
+    #: A ``WarningCode`` value, typed as a plain string so that consumers keep decoding
+    #: results when a newer daemon adds a code.
+    code: str
+    #: For people: what happened and what to do.
+    message: str
+    #: Where in the audio, seconds (absent when it concerns the whole result).
+    start: float | None = None
+    end: float | None = None
+    #: The language heard there, when a multilingual model could tell.
+    language: str | None = None
+
+
 class TranscriptResult(_Wire):
     """The full result of a job."""
 
@@ -229,6 +260,8 @@ class TranscriptResult(_Wire):
     model: str
     task: Task = Task.TRANSCRIBE
     segments: list[Segment]
+    #: Empty when there is nothing to say; e.g. speech the transcript misses.
+    warnings: list[ResultWarning] = []
 
 
 class ErrorInfo(_Wire):

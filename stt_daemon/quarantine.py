@@ -33,6 +33,31 @@ def previous_deliveries(message: AbstractIncomingMessage) -> int:
     return _int_header(message, "x-delivery-count") + _int_header(message, ATTEMPTS_HEADER)
 
 
+def copy_of(message: AbstractIncomingMessage, attempts: int) -> aio_pika.Message:
+    """A persistent copy of a delivery, counting ``attempts`` deliveries so far."""
+    headers = {
+        key: value
+        for key, value in (message.headers or {}).items()
+        # The broker's own counters start again on the copy; ours carries them.
+        if not key.startswith("x-delivery-")
+    }
+    headers[ATTEMPTS_HEADER] = attempts
+    return aio_pika.Message(
+        message.body,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+    )
+
+
 class Quarantine:
     """Moves redelivered jobs from a model's job queue to its quarantine queue."""
 
@@ -46,26 +71,7 @@ class Quarantine:
 
     async def admit(self, message: AbstractIncomingMessage) -> None:
         """Publish a copy to quarantine (confirmed), then ack the original."""
-        headers = {
-            key: value
-            for key, value in (message.headers or {}).items()
-            if not key.startswith("x-delivery-")
-        }
-        headers[ATTEMPTS_HEADER] = previous_deliveries(message)
-        copy = aio_pika.Message(
-            message.body,
-            headers=headers,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            priority=message.priority,
-            correlation_id=message.correlation_id,
-            reply_to=message.reply_to,
-            message_id=message.message_id,
-            timestamp=message.timestamp,
-            type=message.type,
-            app_id=message.app_id,
-        )
+        copy = copy_of(message, previous_deliveries(message))
         # The routing key of a job queue's messages is the model: keep it.
         async with asyncio.timeout(self._timeout):
             await self._exchange.publish(

@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import ChannelInvalidStateError
 
 from stt_daemon.blobs import BlobStore
+from stt_daemon.checkpoints import CheckpointStore
 from stt_daemon.events import EventPublisher
 from stt_daemon.protocol import ErrorCode, EventType, InboundJob, JobEvent
 
@@ -72,10 +73,16 @@ class Settler:
     """Builds a job's events and ends its delivery in the one safe order."""
 
     def __init__(
-        self, events: EventPublisher, blobs: BlobStore, worker: str, progress_interval: float
+        self,
+        events: EventPublisher,
+        blobs: BlobStore,
+        worker: str,
+        progress_interval: float,
+        checkpoints: CheckpointStore | None = None,
     ) -> None:
         self._events = events
         self._blobs = blobs
+        self._checkpoints = checkpoints
         self._worker = worker
         self._progress_interval = progress_interval
 
@@ -92,9 +99,9 @@ class Settler:
             **fields,
         )
 
-    async def emit(self, job: InboundJob, kind: EventType, attempt: int) -> None:
+    async def emit(self, job: InboundJob, kind: EventType, attempt: int, **fields: Any) -> None:
         """Publish an event and wait for its confirm."""
-        await self._events.publish(self.event(job, kind, attempt))
+        await self._events.publish(self.event(job, kind, attempt, **fields))
 
     async def publish_quietly(self, event: JobEvent) -> None:
         """Publish an advisory event (progress): losing one must never fail the job."""
@@ -161,5 +168,7 @@ class Settler:
             log.info("requeue.skipped", error=str(exc))
 
     def _drop_audio(self, job: InboundJob) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.drop(job)  # settled: no one resumes it any more
         if job.message.audio is not None:
             self._blobs.delete(job.message.audio.url)

@@ -15,6 +15,7 @@ import threading
 import structlog
 
 from stt_daemon.audio import SAMPLE_RATE, Audio
+from stt_daemon.checkpoints import Tracker
 from stt_daemon.config import DaemonSettings
 from stt_daemon.engine import Engine, JobCancelled, ProgressCallback
 from stt_daemon.protocol import JobOptions, Segment, TranscriptResult
@@ -40,12 +41,18 @@ class StandInEngine:
         options: JobOptions,
         on_progress: ProgressCallback,
         cancelled: threading.Event,
+        tracker: Tracker | None = None,
     ) -> TranscriptResult:
         """Wait as long as a model of this speed would, window by window."""
         duration = audio.shape[-1] / SAMPLE_RATE
-        segments: list[Segment] = []
+        resume = tracker.resume if tracker is not None else None
+        segments: list[Segment] = list(resume.segments) if resume is not None else []
         # At least one window, so a silent or empty clip still gets one segment.
         starts = [i * WINDOW_S for i in range(max(1, math.ceil(duration / WINDOW_S)))]
+        if resume is not None:
+            starts = [start for start in starts if start >= resume.start]
+        if tracker is not None:
+            tracker.begin(duration, options.language or "en", 1.0)
         for start in starts:
             end = min(start + WINDOW_S, duration)
             # Event.wait sleeps without CPU and wakes at once on cancellation.
@@ -59,6 +66,10 @@ class StandInEngine:
                     text=f" [stand-in] {end - start:.1f} s of audio",
                 )
             )
+            if tracker is not None:
+                # A stand-in window is over once its one segment is out.
+                tracker.add(segments[-1], start)
+                tracker.complete(end)
             if duration > 0:
                 on_progress(min(end / duration, 1.0))
         return TranscriptResult(

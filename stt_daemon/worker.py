@@ -17,6 +17,7 @@ from stt_daemon.control import Cancellations, ControlPlane
 from stt_daemon.engine import Engine
 from stt_daemon.events import EventPublisher
 from stt_daemon.fanout import FanOut
+from stt_daemon.handback import Handback
 from stt_daemon.handler import JobHandler
 from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.quarantine import Quarantine
@@ -25,22 +26,39 @@ from stt_daemon.topology import declare_topology
 log = structlog.get_logger("stt_daemon.worker")
 
 
-async def connect(settings: DaemonSettings, role: str) -> AbstractRobustConnection:
+class StopRequested(Exception):
+    """The daemon was asked to stop before it could reach its broker."""
+
+
+async def connect(
+    settings: DaemonSettings, role: str, stop: asyncio.Event | None = None
+) -> AbstractRobustConnection:
     """A robust connection named after this worker and its role (seen in the management UI).
 
     The first connection is retried too: a daemon started before its broker
-    (compose, Kubernetes) waits for it instead of exiting.
+    (compose, Kubernetes) waits for it instead of exiting, until ``stop`` is set.
     """
     delay = 1.0
-    while True:
+    stop = stop or asyncio.Event()
+    while not stop.is_set():
         try:
             return await amqp.connect(
                 settings.amqp_url, f"stt-daemon {settings.worker_name} {role}", settings.heartbeat
             )
         except (OSError, aio_pika.exceptions.AMQPConnectionError) as exc:
-            log.warning("broker.unreachable", role=role, error=str(exc), retry_in_s=delay)
-            await asyncio.sleep(delay)
+            log.warning(
+                "broker.unreachable",
+                role=role,
+                # Which broker, without its password: the first thing to check.
+                tried=amqp.addresses(settings.amqp_url),
+                error=str(exc) or type(exc).__name__,
+                retry_in_s=delay,
+            )
+            # Wake at once when asked to stop: SIGTERM must not wait for the broker.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, 15.0)
+    raise StopRequested(role)
 
 
 class Daemon:
@@ -66,14 +84,20 @@ class Daemon:
     async def run(self) -> None:
         """Serve until request_stop(), then shut down in steps."""
         settings = self._settings
-        # Two connections: a broker memory alarm blocks publishers, and must not
-        # also stall the consumer side (acks, heartbeats) of the same connection.
-        consume_conn = await connect(settings, "consume")
-        publish_conn = await connect(settings, "publish")
-        # The control plane reads a stream: in a cluster, a node whose replica of it
-        # is not running yet closes the whole connection (RESOURCE_ERROR). That must
-        # not stop job consumption, so the stream gets a connection of its own.
-        control_conn = await connect(settings, "control")
+        try:
+            connections = [
+                await connect(settings, role, self._stop)
+                # Two connections: a broker memory alarm blocks publishers, and must not
+                # also stall the consumer side (acks, heartbeats) of the same connection.
+                # The control plane reads a stream: in a cluster, a node whose replica of
+                # it is not running yet closes the whole connection (RESOURCE_ERROR). That
+                # must not stop job consumption, so the stream gets a connection of its own.
+                for role in ("consume", "publish", "control")
+            ]
+        except StopRequested:
+            log.info("daemon.stopped", reason="asked to stop before the broker answered")
+            return
+        consume_conn, publish_conn, control_conn = connections
         try:
             publish_channel = await publish_conn.channel(publisher_confirms=True)
             topology = await declare_topology(
@@ -93,6 +117,7 @@ class Daemon:
                 self._metrics,
                 await self._quarantine(publish_conn),
                 await self._fanout(publish_conn, blobs),
+                await self._handback(publish_conn),
             )
             control = ControlPlane(settings, self._engines, lambda: len(self._tasks), cancellations)
             assert topology.control_exchange is not None
@@ -117,6 +142,11 @@ class Daemon:
         channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
         exchange = await channel.get_exchange(self._settings.names.quarantine_exchange)
         return Quarantine(exchange, self._settings.publish_timeout)
+
+    async def _handback(self, conn: AbstractRobustConnection) -> Handback:
+        """Where stopping hands running jobs back (confirmed; an unroutable copy raises)."""
+        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        return Handback(channel, self._settings.publish_timeout)
 
     async def _fanout(self, conn: AbstractRobustConnection, blobs: BlobStore) -> FanOut:
         """Publishes the parts of long recordings to the job queues."""
@@ -166,6 +196,10 @@ class Daemon:
         for queue, tag in self._consumers:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
+        # Then jobs that would not finish well within the deadline save their checkpoint
+        # and go back to their queue at their next segment: waiting for them would make
+        # a stop take minutes, and their work is kept either way.
+        handler.stop(grace=self._settings.shutdown_timeout / 2)
         if self._tasks:
             _done, pending = await asyncio.wait(
                 set(self._tasks), timeout=self._settings.shutdown_timeout

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import structlog
 
-from stt_daemon.protocol import ErrorInfo, JobEvent, JobStatus, TranscriptResult
+from stt_daemon.protocol import ErrorInfo, EventType, JobEvent, JobStatus, TranscriptResult
 
 log = structlog.get_logger("gateway.store")
 
@@ -48,6 +48,8 @@ def advance(record: JobRecord | None, event: JobEvent) -> JobRecord | None:
 
     Status only moves forward (queued -> processing -> succeeded | failed), so a
     duplicate or late event never regresses a job; the first final event wins.
+    The one step back is ``job.requeued``: the daemon running the job stopped and
+    handed it back, so it is queued again (see :func:`_is_handback`).
     """
     new = event.status
     if record is None:
@@ -68,6 +70,9 @@ def advance(record: JobRecord | None, event: JobEvent) -> JobRecord | None:
         record.started_at = record.started_at or event.timestamp
         if event.progress is not None:
             record.progress = max(record.progress, event.progress)
+    elif new is JobStatus.QUEUED and event.progress is not None:
+        # What its checkpoint holds: the next daemon starts from there.
+        record.progress = event.progress
     if new.is_final:
         record.finished_at = event.timestamp
         record.started_at = record.started_at or event.timestamp
@@ -78,7 +83,18 @@ def advance(record: JobRecord | None, event: JobEvent) -> JobRecord | None:
     return record
 
 
+def _is_handback(record: JobRecord, event: JobEvent) -> bool:
+    """A hand-back of the attempt that is running now (not of an older one)."""
+    return (
+        event.event is EventType.REQUEUED
+        and record.status is JobStatus.PROCESSING
+        and (event.attempt or 0) >= record.attempts
+    )
+
+
 def _is_stale(record: JobRecord, event: JobEvent) -> bool:
+    if _is_handback(record, event):
+        return False
     if record.status.is_final or event.status.rank < record.status.rank:
         return True
     # Same status: only a progress report that moves forward is news.

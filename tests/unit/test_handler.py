@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
+import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +19,7 @@ from stt_daemon.blobs import BlobStore
 from stt_daemon.config import DaemonSettings
 from stt_daemon.handler import JobHandler
 from stt_daemon.protocol import JobEvent, JobOptions, Segment, TranscriptResult
+from stt_daemon.standin import StandInEngine
 
 
 @dataclass
@@ -81,7 +84,12 @@ class FakeEngine:
         self.calls = 0
 
     def transcribe(
-        self, audio: Any, options: JobOptions, on_progress: Any, cancelled: threading.Event
+        self,
+        audio: Any,
+        options: JobOptions,
+        on_progress: Any,
+        cancelled: threading.Event,
+        tracker: Any = None,
     ) -> TranscriptResult:
         self.calls += 1
         if self.error is not None:
@@ -194,7 +202,12 @@ async def test_cancellation_hands_the_job_back(tmp_path: Path) -> None:
 
     class SlowEngine(FakeEngine):
         def transcribe(
-            self, audio: Any, options: Any, on_progress: Any, cancelled: threading.Event
+            self,
+            audio: Any,
+            options: Any,
+            on_progress: Any,
+            cancelled: threading.Event,
+            tracker: Any = None,
         ) -> Any:
             started.set()
             release.wait(5)
@@ -207,7 +220,8 @@ async def test_cancellation_hands_the_job_back(tmp_path: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     release.set()
-    assert log == ["job.started", "nack(requeue=True)"]
+    # Without a hand-back channel the job goes back the plain way (never lost).
+    assert log == ["job.started", "job.requeued", "nack(requeue=True)"]
     assert handler.counts["handed_back"] == 1
 
 
@@ -284,3 +298,64 @@ async def test_a_failing_part_fails_its_recording_and_stops_the_others(tmp_path:
     log.clear()
     await handler.handle(_part_message(tmp_path, log, 2))  # type: ignore[arg-type]
     assert log == ["ack"] and engine.calls == 0 and len(events.events) == 1
+
+
+class FakeHandback:
+    """Records the copies a stopping daemon puts back, then acks like the real one."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.attempts: list[int] = []
+
+    async def give_back(self, message: FakeMessage, attempts: int) -> None:
+        self.attempts.append(attempts)
+        self.log.append(f"republish(attempts={attempts})")
+        await message.ack()
+
+
+def _silence_wav(seconds: float) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(b"\0\0" * int(seconds * 16000))
+    return buffer.getvalue()
+
+
+async def test_a_stopping_daemon_hands_the_job_back_unharmed_and_the_next_resumes(
+    tmp_path: Path,
+) -> None:
+    body = _silence_wav(100)
+    log: list[str] = []
+    blobs = BlobStore((tmp_path / "b").as_uri())
+    config = DaemonSettings(data_dir=tmp_path, progress_interval=0, checkpoint_seconds=0)
+    events = FakeEvents(log)
+    handback = FakeHandback(log)
+    engine = StandInEngine("tiny.en", rtf=0.01)  # 0.3 s a window
+    handler = JobHandler(config, {"tiny.en": engine}, blobs, events, handback=handback)  # type: ignore[arg-type]
+    task = asyncio.create_task(handler.handle(FakeMessage(body, log, content_type="audio/wav")))  # type: ignore[arg-type]
+    for _ in range(500):  # the first window is done once progress is out
+        if "job.progress" in log:
+            break
+        await asyncio.sleep(0.01)
+    handler.stop(grace=0)
+    await asyncio.wait_for(task, 5)
+    assert log[-3:] == ["job.requeued", "republish(attempts=0)", "ack"]
+    assert handback.attempts == [0]  # the interrupted attempt is not counted
+    requeued = next(e for e in events.events if e.event == "job.requeued")
+    assert requeued.progress == pytest.approx(0.3)
+    assert handler.counts["handed_back"] == 1 and handler.counts["cancelled"] == 0
+
+    # The next daemon gets the copy: it starts at the checkpoint, as attempt 1 again.
+    log2: list[str] = []
+    events2 = FakeEvents(log2)
+    handler2 = JobHandler(config, {"tiny.en": engine}, blobs, events2)  # type: ignore[arg-type]
+    copy = FakeMessage(body, log2, content_type="audio/wav", headers={"x-stt-attempts": 0})
+    await handler2.handle(copy)  # type: ignore[arg-type]
+    started, final = events2.events[0], events2.events[-1]
+    assert started.event == "job.started" and started.progress == pytest.approx(0.3)
+    assert started.attempt == 1
+    assert final.result is not None
+    assert [s.start for s in final.result.segments] == [0, 30, 60, 90]
+    assert not list((tmp_path / "b").glob("ckpt-*"))  # settled: the checkpoint is gone

@@ -92,7 +92,12 @@ class FakeEngine:
     multilingual = False
 
     def transcribe(
-        self, audio: Any, options: JobOptions, on_progress: Any, cancelled: threading.Event
+        self,
+        audio: Any,
+        options: JobOptions,
+        on_progress: Any,
+        cancelled: threading.Event,
+        tracker: Any = None,
     ) -> TranscriptResult:
         return TranscriptResult(
             text="words",
