@@ -86,8 +86,10 @@ async def ws_test(websocket: WebSocket, owner: OwnerDep) -> None:
         data = await websocket.receive_bytes()
     except (WebSocketDisconnect, KeyError, RuntimeError):
         # KeyError/RuntimeError: a text frame instead of bytes, or an early close.
+        # 415 as the HTTP routes answer a body that is not multipart: wrong kind of payload.
+        refusal = {"detail": "send the audio as one binary message", "status_code": 415}
         with contextlib.suppress(Exception):
-            await websocket.send_json({"detail": "send the audio as one binary message"})
+            await websocket.send_json(refusal)
             await websocket.close(code=1003)
         return
     reply: dict[str, object]

@@ -1,4 +1,4 @@
-"""One access line per request, naming the job it submitted.
+"""One access line per request, naming the job it submitted; the /ws/test refusals' shape.
 
 The real routers and middleware, a fake broker and an in-memory status store (no RabbitMQ).
 """
@@ -183,3 +183,17 @@ def test_a_websocket_submission_has_one_access_line_with_its_job_id(
     assert (access["method"], access["route"], access["status"]) == ("WEBSOCKET", "/ws/test", 101)
     assert access["close_code"] == 1000
 
+
+@pytest.mark.parametrize(
+    ("send", "status"),
+    [(lambda ws: ws.send_text("hello"), 415), (lambda ws: ws.send_bytes(b""), 422)],
+)
+def test_websocket_refusals_carry_a_status_code(
+    gateway: tuple[TestClient, FakeBroker], send: Any, status: int
+) -> None:
+    client, broker = gateway
+    with client.websocket_connect("/ws/test") as ws:
+        send(ws)
+        reply = ws.receive_json()
+    assert reply == {"detail": reply["detail"], "status_code": status}
+    assert reply["detail"] and not broker.published
