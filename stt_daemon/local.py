@@ -1,90 +1,441 @@
 """``stt-local``: the whole system on one machine, for trying it out.
 
-Starts a private RabbitMQ node (unless ``STT_AMQP_URL`` is configured), one
-daemon and one gateway, all with the embedded defaults (SQLite, file blobs
-under ``./stt-data``, the bundled tiny.en model); Ctrl-C stops them in order.
+Starts a private RabbitMQ node on a fixed port (5672, or ``--amqp-port`` /
+``STT_LOCAL_AMQP_PORT``) unless ``STT_AMQP_URL`` is configured, then one daemon
+and one gateway with the embedded defaults (SQLite and file blobs under
+``./stt-data``, the bundled tiny.en and base models). Either child is restarted
+alone if it exits; a banner says where everything is once the API answers and
+every model is loaded; Ctrl-C stops the daemon, then the gateway, then the broker.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import structlog
+from yarl import URL
 
-from stt_daemon.config import CommonSettings
-from stt_daemon.localbroker import LocalRabbitNode
+from stt_daemon.amqp import redact, split_urls
+from stt_daemon.config import DaemonSettings, model_name
+from stt_daemon.localbroker import (
+    DIST_PORT_OFFSET,
+    BrokerStartError,
+    LocalRabbitNode,
+    PortInUse,
+    node_dir_for,
+    port_problem,
+)
 from stt_daemon.logs import configure_logging
 
 log = structlog.get_logger("stt_local")
 
+DEFAULT_AMQP_PORT = 5672
+AMQP_PORT_ENV = "STT_LOCAL_AMQP_PORT"
+#: Served when STT_MODELS is not configured: English-only tiny.en (the default, first)
+#: and a multilingual model, so that other languages and translation work out of the box.
+DEFAULT_MODELS = ("tiny.en", "base")
+#: A child that exits more often than this within RESTART_WINDOW seconds is given up.
+MAX_QUICK_RESTARTS = 5
+RESTART_WINDOW = 60.0
+#: uvicorn's graceful 30 s for requests in progress, then the lifespan closes connections.
+GATEWAY_STOP_TIMEOUT = 45.0
 
-def _start_broker(settings: CommonSettings) -> tuple[LocalRabbitNode | None, str]:
-    if "amqp_url" in settings.model_fields_set:
-        log.info("local.broker", using=settings.amqp_url.split("@")[-1])
-        return None, settings.amqp_url
-    # Kept under the data directory so that queued jobs survive a restart.
-    node = LocalRabbitNode(
-        name="stt-local@localhost", base_dir=(settings.data_dir / "rabbitmq").resolve()
+
+class StartError(Exception):
+    """stt-local cannot start; the message is one line: what went wrong and what to do."""
+
+
+def parse_args(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> argparse.Namespace:
+    """Command-line flags; the AMQP port falls back to ``$STT_LOCAL_AMQP_PORT``, then 5672."""
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog="stt-local", description="Run a broker, a daemon and a gateway on this machine."
     )
-    log.info("local.broker.starting", port=node.port, dir=str(node.base_dir))
-    node.start()
-    return node, node.url
+    parser.add_argument("--host", default="127.0.0.1", help="interface the gateway binds")
+    parser.add_argument("--port", type=int, default=8000, help="the gateway's HTTP port")
+    parser.add_argument(
+        "--amqp-port",
+        type=int,
+        default=None,
+        help=f"the private broker's AMQP port (default ${AMQP_PORT_ENV}, else "
+        f"{DEFAULT_AMQP_PORT}); its Erlang distribution port is this + {DIST_PORT_OFFSET}",
+    )
+    args = parser.parse_args(argv)
+    if args.amqp_port is None:
+        raw = environ.get(AMQP_PORT_ENV, "").strip()
+        if raw and not raw.isdigit():
+            parser.error(f"{AMQP_PORT_ENV}={raw!r} is not a port number")
+        args.amqp_port = int(raw) if raw else DEFAULT_AMQP_PORT
+    if not 0 < args.port < 65536:
+        parser.error("--port must be between 1 and 65535")
+    highest = 65535 - DIST_PORT_OFFSET
+    if not 0 < args.amqp_port <= highest:
+        parser.error(
+            f"the AMQP port must be between 1 and {highest} "
+            f"(the node also listens on it + {DIST_PORT_OFFSET})"
+        )
+    return args
+
+
+@dataclass
+class RestartBudget:
+    """At most ``limit`` restarts within ``window`` seconds; then the child is given up."""
+
+    limit: int = MAX_QUICK_RESTARTS
+    window: float = RESTART_WINDOW
+    recent: list[float] = field(default_factory=list)
+
+    def allow(self, now: float) -> bool:
+        """Count a restart at ``now`` if the budget has room for it."""
+        self.recent = [t for t in self.recent if now - t < self.window]
+        if len(self.recent) >= self.limit:
+            return False
+        self.recent.append(now)
+        return True
+
+    def delay(self) -> float:
+        """Pause before the restart just allowed: 0.5 s, then doubling, at most 5 s."""
+        return float(min(0.5 * 2 ** max(len(self.recent) - 1, 0), 5.0))
+
+
+class Signals:
+    """SIGINT and SIGTERM are counted here; the main loop acts on them (as arq and uvicorn do)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def install(self) -> None:
+        """Catch SIGINT (Ctrl-C) and SIGTERM."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+
+
+class Child:
+    """One supervised process, restarted alone when it exits, within a :class:`RestartBudget`."""
+
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], stop_timeout: float
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.stop_timeout = stop_timeout
+        self.budget = RestartBudget()
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.restart_at: float | None = None
+
+    def start(self) -> None:
+        """Start (or restart) the process."""
+        # Its own session: a Ctrl-C in the terminal reaches only stt-local, which
+        # then stops each child once, in order (a second SIGTERM forces a daemon out).
+        self.popen = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        self.restart_at = None
+        log.info("local.child_started", child=self.name, pid=self.popen.pid)
+
+    def watch(self, now: float) -> bool:
+        """Restart the process if it has exited (after a pause); False once it is given up."""
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.start()
+            return True
+        code = self.popen.poll() if self.popen is not None else -1
+        if code is None:
+            return True
+        if not self.budget.allow(now):
+            log.error(
+                "local.child_gave_up",
+                child=self.name,
+                code=code,
+                reason=f"exited {self.budget.limit} times within {self.budget.window:.0f} s",
+            )
+            return False
+        delay = self.budget.delay()
+        log.warning("local.child_exited", child=self.name, code=code, restart_in_s=delay)
+        self.restart_at = now + delay
+        return True
+
+    def stop(self, signals: Signals) -> None:
+        """SIGTERM and wait; a new signal to stt-local is passed on; SIGKILL past the timeout."""
+        self.restart_at = None
+        popen = self.popen
+        if popen is not None and popen.poll() is None:
+            log.info("local.child_stopping", child=self.name, pid=popen.pid)
+            popen.terminate()
+            seen, deadline = signals.count, time.monotonic() + self.stop_timeout
+            while popen.poll() is None:
+                if time.monotonic() > deadline:
+                    log.warning("local.child_killed", child=self.name, after_s=self.stop_timeout)
+                    popen.kill()
+                    popen.wait()
+                elif signals.count > seen:
+                    seen = signals.count
+                    popen.terminate()
+                time.sleep(0.1)
+        code = popen.returncode if popen is not None else None
+        log.info("local.child_stopped", child=self.name, code=code)
+
+
+def _get_json(url: str, api_key: str | None) -> tuple[int, Any]:
+    """GET ``url``: the HTTP status and the decoded body (None if not JSON)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    # No proxy: the gateway is ours, here; an http_proxy in the environment must not see it.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers), timeout=3) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, None
+
+
+def not_ready(base_url: str, models: Sequence[str], api_key: str | None) -> list[str]:
+    """What is not ready yet (the gateway, models without a live daemon); [] when all is."""
+    try:
+        status, _ = _get_json(f"{base_url}/readyz", None)
+        if status != 200:
+            return ["gateway (its broker or status store)"]
+        status, body = _get_json(f"{base_url}/v1/models", api_key)
+    except OSError:
+        return ["gateway (not answering yet)"]
+    if status in (401, 403):
+        # API keys are configured and none is known here: the gateway being ready must do.
+        return []
+    if status != 200 or not isinstance(body, dict):
+        return [f"model list (HTTP {status})"]
+    served = {str(item.get("id")) for item in body.get("data", []) if isinstance(item, dict)}
+    return [f"model {name}" for name in models if name not in served]
+
+
+def public_amqp_url(url: str) -> str:
+    """The broker URL(s) without passwords, for people to read."""
+    return ",".join(str(URL(one).with_password(None)) for one in split_urls(url))
+
+
+def stt_command() -> str:
+    """How to run ``stt`` from here: the script beside our Python (usually not on PATH)."""
+    beside = Path(sys.executable).parent / "stt"
+    if not beside.is_file():
+        return f"{sys.executable} -m gateway.cli"
+    on_path = shutil.which("stt")
+    if on_path is not None and Path(on_path).resolve() == beside.resolve():
+        return "stt"
+    try:
+        return str(beside.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)
+
+
+def banner(
+    *, http_url: str, amqp_url: str, models: Sequence[str], data_dir: Path, broker_dir: Path | None
+) -> str:
+    """What a person needs once everything is up: where the API, broker, models and data are."""
+    stt = stt_command()
+    where_stt = "" if stt == "stt" else "   (not on PATH: see README, Command-line client)"
+    data = f"{data_dir}"
+    if broker_dir is not None and not broker_dir.is_relative_to(data_dir):
+        data += f"   (broker files: {broker_dir})"
+    lines = [
+        "",
+        "stt-local is ready",
+        f"  HTTP API   {http_url}",
+        f"  API docs   {http_url}/docs",
+        f"  AMQP       {public_amqp_url(amqp_url)}",
+        f"  models     {', '.join(models)}   (default: {models[0]})",
+        f"  data       {data}",
+        f"  stt CLI    {stt}{where_stt}",
+        f"             e.g. {stt} --url {http_url} transcribe audio.flac --wait",
+        "Ctrl-C stops the daemon (its jobs finish or go back to the queue), "
+        "then the gateway, then the broker.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _connect_host(host: str) -> str:
+    """Where to reach a server bound to ``host`` (the wildcard addresses mean loopback)."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _api_key(environ: Mapping[str, str]) -> str | None:
+    """A key the gateway accepts, to list its models when API keys are on."""
+    keys = [k.strip() for k in environ.get("STT_API_KEYS", "").split(",") if k.strip()]
+    return keys[0] if keys else None
+
+
+class Local:
+    """The broker, the daemon and the gateway of one ``stt-local`` run."""
+
+    def __init__(self, args: argparse.Namespace, settings: DaemonSettings) -> None:
+        self.args = args
+        self.settings = settings
+        self.signals = Signals()
+        self.node: LocalRabbitNode | None = None
+        configured = "models" in settings.model_fields_set
+        self.model_specs = list(settings.models) if configured else list(DEFAULT_MODELS)
+        self.models = [model_name(spec) for spec in self.model_specs]
+        self.http_url = f"http://{_connect_host(args.host)}:{args.port}"
+        self.children: list[Child] = []
+
+    def check_http_port(self) -> None:
+        """Refuse at once (one line) if the gateway could not listen, rather than let it crash."""
+        problem = port_problem(self.args.port, self.args.host.strip("[]") or "0.0.0.0")
+        if problem is not None:
+            raise StartError(
+                f"HTTP port {self.args.port} on {self.args.host} is not available ({problem}): "
+                "stop what listens there or choose another with --port"
+            )
+
+    def start_broker(self) -> str:
+        """The AMQP URL to use: STT_AMQP_URL when configured, else a private node started now."""
+        if "amqp_url" in self.settings.model_fields_set:
+            log.info("local.broker", using=redact(self.settings.amqp_url))
+            return self.settings.amqp_url
+        wanted = (self.settings.data_dir / "rabbitmq").resolve()
+        base_dir = node_dir_for(wanted)
+        if base_dir != wanted:
+            log.warning(
+                "local.broker.dir_moved",
+                wanted=str(wanted),
+                dir=str(base_dir),
+                reason="the rabbitmq user cannot enter the data directory; the node keeps "
+                "its files in that user's home instead",
+            )
+        port = self.args.amqp_port
+        # One node name per port: two stt-local runs on different ports can coexist.
+        name = "stt-local@localhost" if port == DEFAULT_AMQP_PORT else f"stt-local-{port}@localhost"
+        self.node = LocalRabbitNode(port=port, name=name, base_dir=base_dir)
+        log.info(
+            "local.broker.starting", port=port, dist_port=self.node.dist_port, dir=str(base_dir)
+        )
+        try:
+            self.node.start()
+        except PortInUse as exc:
+            raise StartError(self._port_advice(exc)) from None
+        return self.node.url
+
+    def _port_advice(self, exc: PortInUse) -> str:
+        port = f"{exc.role} port {exc.port} on 127.0.0.1 is not available ({exc.detail})"
+        other = f"choose another AMQP port with --amqp-port N or {AMQP_PORT_ENV}=N"
+        if exc.port == self.args.amqp_port:
+            return f"{port}: another RabbitMQ? stop it, {other}, or use it with STT_AMQP_URL"
+        return f"{port} (the AMQP port + {DIST_PORT_OFFSET}): {other}"
+
+    def start_children(self, amqp_url: str) -> None:
+        """One daemon and one gateway, in the order they are stopped in."""
+        env = {**os.environ, "STT_AMQP_URL": amqp_url, "STT_MODELS": ",".join(self.model_specs)}
+        python = sys.executable
+        gateway_argv = ["-m", "gateway", "--host", self.args.host, "--port", str(self.args.port)]
+        self.children = [
+            Child("daemon", [python, "-m", "stt_daemon"], env, self.settings.shutdown_timeout + 30),
+            Child("gateway", [python, *gateway_argv], env, GATEWAY_STOP_TIMEOUT),
+        ]
+        for child in self.children:
+            child.start()
+
+    def supervise(self) -> int:
+        """Keep the children up and announce readiness once, until a signal (0) or give-up (1)."""
+        ready, next_check, next_note = False, 0.0, time.monotonic() + 30
+        key = _api_key(os.environ)
+        while self.signals.count == 0:
+            now = time.monotonic()
+            if not all(child.watch(now) for child in self.children):
+                return 1
+            if not ready and now >= next_check:
+                missing = not_ready(self.http_url, self.models, key)
+                ready = not missing
+                if ready:
+                    self.announce()
+                elif now >= next_note:
+                    log.info("local.waiting", missing=missing)
+                    next_note = now + 30
+                next_check = now + 0.5
+            time.sleep(0.2)
+        log.info("local.stopping", signals=self.signals.count)
+        return 0
+
+    def announce(self) -> None:
+        """The banner on stdout, and ``local.ready`` in the log."""
+        data_dir = self.settings.data_dir.resolve()
+        broker_dir = self.node.base_dir if self.node is not None else None
+        amqp_url = self.node.url if self.node is not None else self.settings.amqp_url
+        text = banner(
+            http_url=self.http_url,
+            amqp_url=amqp_url,
+            models=self.models,
+            data_dir=data_dir,
+            broker_dir=broker_dir,
+        )
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+        log.info(
+            "local.ready",
+            url=self.http_url,
+            docs=f"{self.http_url}/docs",
+            amqp=public_amqp_url(amqp_url),
+            models=self.models,
+            data_dir=str(data_dir),
+            broker_dir=str(broker_dir) if broker_dir else None,
+        )
+
+    def stop(self) -> None:
+        """The daemon first, then the gateway, then the broker.
+
+        The daemon stops taking jobs and finishes or hands back the running ones
+        while the gateway still answers (statuses, results, new jobs wait in the
+        queue) and the broker takes back what is handed back; the gateway goes
+        next, and the broker they both need goes last.
+        """
+        for child in self.children:
+            child.stop(self.signals)
+        if self.node is not None:
+            self.node.stop()
+            log.info("local.broker.stopped", dir=str(self.node.base_dir))
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run broker, daemon and gateway until interrupted."""
-    parser = argparse.ArgumentParser(prog="stt-local", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args(argv)
-    settings = CommonSettings()
+    args = parse_args(argv)
+    settings = DaemonSettings()
     configure_logging(settings.log_level, settings.log_format)
-    node, url = _start_broker(settings)
-    env = {**os.environ, "STT_AMQP_URL": url}
-    python = sys.executable
-    # Own sessions: a Ctrl-C in the terminal reaches only us, and we stop the
-    # children once each, in order (a second signal would force the daemon out).
-    procs = [
-        subprocess.Popen([python, "-m", "stt_daemon"], env=env, start_new_session=True),
-        subprocess.Popen(
-            [python, "-m", "gateway", "--host", args.host, "--port", str(args.port)],
-            env=env,
-            start_new_session=True,
-        ),
-    ]
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    log.info("local.ready", url=f"http://{args.host}:{args.port}", docs="/docs")
-    exit_code = 0
-    while not stopping:
-        if any(p.poll() is not None for p in procs):
-            log.error("local.child_exited", codes=[p.returncode for p in procs])
-            exit_code = 1
-            break
-        time.sleep(0.5)
-    # Gateway first (stop intake), then the daemon (drains), then the broker.
-    for proc in reversed(procs):
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    if node is not None:
-        node.stop()
-    log.info("local.stopped")
-    sys.exit(exit_code)
+    local = Local(args, settings)
+    local.signals.install()
+    code = 1
+    try:
+        local.check_http_port()
+        local.start_children(local.start_broker())
+        code = local.supervise()
+    except (StartError, BrokerStartError) as exc:
+        log.error("local.failed", error=str(exc))
+    finally:
+        local.stop()
+    log.info("local.stopped", code=code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
