@@ -351,7 +351,6 @@ class LocalRabbitNode:
             self._proc = subprocess.Popen(
                 command,
                 env=self._env(),
-                cwd=self.base_dir,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -91,7 +91,7 @@ def test_gateway_leaves_access_lines_to_its_own_middleware(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(gateway_main.uvicorn, "run", lambda *a, **kw: calls.append(kw))
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: calls.append(kw))
     monkeypatch.delenv("STT_GATEWAY_WORKERS", raising=False)
     gateway_main.main(["--noreload"])
     assert calls[0]["access_log"] is False
