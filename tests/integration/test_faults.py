@@ -19,11 +19,12 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 import crashing_daemon
-from audiofiles import repeated
+from audiofiles import long_talk, repeated
 from crashing_daemon import CRASH_EXIT_CODE, POISON_PROMPT
 from jepsen import check_history
 from stack import JFK, JFK_WORDS, EventTap, Proc, Stack, drain_dead_letters, event_tap, normalise
 from stt_daemon.protocol import JobEvent
+from wer import word_error_rate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults]
 
@@ -156,10 +157,10 @@ async def test_sigterm_finishes_jobs_in_flight_and_leaves_queued_ones_untouched(
     assert stopped and stopped[0]["in_flight_at_signal"] == 2 and stopped[0]["succeeded"] == 2
 
 
-async def test_sigterm_past_the_deadline_hands_jobs_back_at_once(
+async def test_sigterm_hands_long_jobs_back_queued_without_using_an_attempt(
     stack: Stack, channel: AbstractChannel, tmp_path: Path
 ) -> None:
-    """Jobs still running at the shutdown deadline go back to the queue and finish elsewhere."""
+    """Jobs that would outlast the stop go back at once: queued, same attempt, no quarantine."""
     long_speech = repeated(JFK, 6, tmp_path / "jfk-x6.flac")
     gw = await stack.gateway()
     first = await stack.daemon(
@@ -169,15 +170,66 @@ async def test_sigterm_past_the_deadline_hands_jobs_back_at_once(
         ids = [(await gw.submit(long_speech))["id"] for _ in range(2)]
         for job_id in ids:
             await event_from(tap, "job.progress", "first", [job_id], below=0.5)
+        began = time.monotonic()
         first.signal(signal.SIGTERM)
         assert await first.wait_exit(60) == 0
+        stopped_in = time.monotonic() - began
         assert not [e for e in tap.events if e.event == "job.succeeded"]
         handed_back = log_events(first, "job.handed_back")
         assert sorted(str(line["job_id"]) for line in handed_back) == sorted(ids)
-        await stack.daemon(STT_WORKER_NAME="second")
+        assert {line["how"] for line in handed_back} == {"republished"}
+        for job_id in ids:
+            await tap.wait_for(job_id, ("job.requeued",), timeout=10)
+        async with gw.client() as client:
+            for job_id in ids:
+                job = (await client.get(f"/v1/jobs/{job_id}")).json()
+                assert (job["status"], job["attempts"]) == ("queued", 1)
+        second = await stack.daemon(STT_WORKER_NAME="second")
         history = await check_history(gw, tap, ids)
     assert history.with_status("succeeded") == ids
-    assert {(history.final(i).worker, history.final(i).attempt) for i in ids} == {("second", 2)}
+    # The interrupted attempt did not count, and no one took the jobs for crash suspects.
+    assert {(history.final(i).worker, history.final(i).attempt) for i in ids} == {("second", 1)}
+    assert not log_events(second, "job.quarantined")
+    assert stopped_in < 30, f"the stop took {stopped_in:.0f} s"
+
+
+async def test_a_daemon_killed_late_in_a_long_job_leaves_only_the_rest(
+    stack: Stack, channel: AbstractChannel, tmp_path: Path
+) -> None:
+    """kill -9 at 70 %: the next daemon resumes at the last checkpoint; the text is the same."""
+    talk = long_talk(tmp_path / "talk.wav", 150, tmp_path)
+    gw = await stack.gateway()
+    env = {"STT_SPLIT_SECONDS": "0", "STT_CHECKPOINT_SECONDS": "1", "STT_PREFETCH": "1"}
+    # The uninterrupted run, for comparison.
+    reference = await stack.daemon(STT_WORKER_NAME="reference", **env)
+    first_run = (await gw.submit(talk))["id"]
+    await gw.wait_final(first_run, timeout=240)
+    async with gw.client() as client:
+        whole = (await client.get(f"/v1/jobs/{first_run}/result")).json()
+    reference.signal(signal.SIGTERM)
+    assert await reference.wait_exit(60) == 0
+    victim = await stack.daemon(STT_WORKER_NAME="victim", **env)
+    async with event_tap(channel, stack.names) as tap:
+        job_id = (await gw.submit(talk))["id"]
+        deadline = time.monotonic() + 180
+        while not [e for e in tap.events if e.event == "job.progress" and (e.progress or 0) >= 0.7]:
+            assert time.monotonic() < deadline, "the victim never reached 70 %"
+            await asyncio.sleep(0.05)
+        victim.signal(signal.SIGKILL)
+        assert await victim.wait_exit() == -signal.SIGKILL
+        heir = await stack.daemon(STT_WORKER_NAME="heir", **env)
+        history = await check_history(gw, tap, [job_id], timeout=240)
+    assert history.with_status("succeeded") == [job_id]
+    started = log_events(heir, "job.started")
+    resumed_from = float(started[0]["resumed_from_s"])  # type: ignore[arg-type]
+    assert resumed_from >= 0.5 * 150, f"resumed from {resumed_from} s only"
+    heir_event = next(e for e in tap.events if e.event == "job.started" and e.worker == "heir")
+    assert (heir_event.progress or 0) >= 0.5
+    result = history.final(job_id).result
+    assert result is not None
+    assert word_error_rate(whole["text"], result.text) <= 0.02
+    ends = [segment.end for segment in result.segments]
+    assert ends == sorted(ends)  # nothing twice, nothing out of order
 
 
 @asynccontextmanager
