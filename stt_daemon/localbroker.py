@@ -344,6 +344,8 @@ class LocalRabbitNode:
         starting is reported at once with the cause found in its log.
         """
         command = self._command()
+        if self._proc is not None:
+            self._proc.poll()  # reap a node killed earlier (a restart after a crash)
         self.check_ports()
         self._prepare()
         log_start = self._log_file.stat().st_size if self._log_file.exists() else 0
