@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 
 from stt_daemon import local, localbroker
 from stt_daemon.config import DaemonSettings
-from stt_daemon.local import Child, Local, RestartBudget, Signals, StartError, parse_args
+from stt_daemon.local import Local, StartError, parse_args
 from stt_daemon.localbroker import (
     BrokerStartError,
     LocalRabbitNode,
@@ -31,6 +31,7 @@ from stt_daemon.localbroker import (
     last_error,
     port_problem,
 )
+from stt_daemon.supervisor import Child, RestartBudget, Signals
 
 REPO = Path(__file__).resolve().parents[2]
 
