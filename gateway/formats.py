@@ -89,7 +89,10 @@ def to_tsv(result: TranscriptResult) -> str:
 
 
 def to_verbose_json(result: TranscriptResult) -> dict[str, Any]:
-    """OpenAI's ``verbose_json`` shape: task, language, duration, text, segments, words."""
+    """OpenAI's ``verbose_json`` shape: task, language, duration, text, segments, words.
+
+    Plus ``warnings`` when the result has any.
+    """
     body: dict[str, Any] = {
         "task": result.task.value,
         "language": result.language,
@@ -109,6 +112,10 @@ def to_verbose_json(result: TranscriptResult) -> dict[str, Any]:
     words = [w for s in result.segments for w in (s.words or [])]
     if words:
         body["words"] = [{"word": w.word, "start": w.start, "end": w.end} for w in words]
+    if result.warnings:
+        # Not OpenAI's, but its clients ignore keys they do not know, and speech left
+        # out of the text must not go unsaid (e.g. another language on tiny.en).
+        body["warnings"] = [w.model_dump(exclude_none=True) for w in result.warnings]
     return body
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
+from stt_daemon import coverage
 from stt_daemon.admission import Admission
 from stt_daemon.audio import SAMPLE_RATE, Audio, AudioError, decode
 from stt_daemon.blobs import BlobError, BlobStore
@@ -252,6 +253,7 @@ class JobHandler:
         if await self._parts.split(message, job, engine, audio, timings):
             return
         result = await self._transcribe(job, engine, audio, attempt, timings, cancelled, tracker)
+        result = await asyncio.to_thread(coverage.annotate, audio, result, engine, self._engines)
         if part is not None:
             await self._parts.done(message, job, attempt, timings, result)
             return

@@ -67,10 +67,16 @@ async def status(task_id: str, services: ServicesDep, owner: OwnerDep) -> JSONRe
 
 @router.get("/result/{task_id}")
 async def result(task_id: str, services: ServicesDep, owner: OwnerDep) -> JSONResponse:
-    """``{"result": text}``; a failed job gives ``{"error": reason}``, an early ask a 400."""
+    """``{"result": text}`` (and ``warnings`` if any); a failed job gives ``{"error": reason}``."""
     record = await services.job_or_404(task_id, INVALID_ID, owner=owner)
     if record.status is JobStatus.SUCCEEDED and record.result is not None:
-        return JSONResponse({"result": record.result.text})
+        body: dict[str, object] = {"result": record.result.text}
+        if record.result.warnings:
+            # Only when there are some, so every other answer stays byte for byte the
+            # original's; clients that read "result" are unaffected, and speech the text
+            # leaves out (another language on tiny.en) is not dropped without a word.
+            body["warnings"] = [w.model_dump(exclude_none=True) for w in record.result.warnings]
+        return JSONResponse(body)
     if record.status in (JobStatus.FAILED, JobStatus.CANCELLED):
         reason = record.error.message if record.error else "cancelled"
         return JSONResponse({"error": reason}, status_code=400)
