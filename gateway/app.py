@@ -114,12 +114,7 @@ def _callback_sender(settings: GatewaySettings) -> CallbackSender | None:
     if settings.callback_secret is None:
         log.info("callbacks.disabled", reason="STT_CALLBACK_SECRET is not set")
         return None
-    return CallbackSender(
-        settings.names,
-        settings.callback_secret.get_secret_value().encode(),
-        max_attempts=settings.callback_max_attempts,
-        backoff=settings.callback_backoff,
-    )
+    return CallbackSender.from_settings(settings)
 
 
 def app_from_env() -> FastAPI:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 
+from gateway.egress import EgressPolicy
 from gateway.store import check_status_url
 from stt_daemon.config import CommonSettings
 from stt_daemon.cores import usable_cores
@@ -20,10 +21,19 @@ class GatewaySettings(CommonSettings):
     recorder_prefetch: int = Field(default=64, ge=1)
     #: Key of the HMAC-SHA256 signature on webhook calls; no secret = no callbacks.
     callback_secret: SecretStr | None = None
-    #: Tries per webhook call (exponential backoff with jitter between them).
+    #: Tries per webhook call (exponential backoff between them, in delay queues).
     callback_max_attempts: int = Field(default=10, ge=1)
     #: First backoff delay in seconds (doubling, capped at 300 s).
     callback_backoff: float = Field(default=1.0, ge=0)
+    #: Internal receivers webhooks may call: comma-separated CIDRs, addresses, host
+    #: names and ``*.suffix`` names. Others must be public addresses.
+    callback_allow: str = ""
+    #: Webhook calls in flight at once to one destination host (per gateway process).
+    callback_per_host: int = Field(default=4, ge=1)
+    #: Seconds to resolve and connect to a webhook receiver.
+    callback_connect_timeout: float = Field(default=3.0, gt=0)
+    #: Seconds one webhook call may take in all, until the response's status line.
+    callback_timeout: float = Field(default=10.0, gt=0)
     #: Seconds a synchronous request (OpenAI-compatible endpoints) waits for its job.
     sync_timeout: float = Field(default=300.0, gt=0)
     #: Seconds final jobs and their results are kept after they finish; 0 = forever.
@@ -45,6 +55,13 @@ class GatewaySettings(CommonSettings):
     def worker_count(self) -> int:
         """``gateway_workers`` with 0 resolved to the number of cores."""
         return self.gateway_workers or usable_cores()
+
+    @field_validator("callback_allow")
+    @classmethod
+    def _check_callback_allow(cls, value: str) -> str:
+        # A typo in the allow-list is refused at start-up, not at the first webhook.
+        EgressPolicy.parse(value)
+        return value
 
     @field_validator("status_url")
     @classmethod

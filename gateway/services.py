@@ -13,6 +13,7 @@ from starlette.requests import HTTPConnection
 
 from gateway.broker import BrokerLink, BrokerUnavailable, QueueFull, UnroutableJob
 from gateway.config import GatewaySettings
+from gateway.egress import EgressPolicy, EgressRefused, check_callback_url
 from gateway.fleet import Fleet
 from gateway.metrics import GatewayMetrics
 from gateway.requestid import current_request_id
@@ -69,6 +70,13 @@ class Services:
         except ValidationError as exc:
             errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise HTTPException(422, f"invalid job options: {errors}") from None
+        if options.callback_url:
+            try:  # names are checked again, resolved, at each call (gateway/egress.py)
+                check_callback_url(
+                    options.callback_url, EgressPolicy.parse(self.settings.callback_allow)
+                )
+            except EgressRefused as exc:
+                raise HTTPException(422, f"invalid job options: callback_url: {exc}") from None
         self._check_language_support(options)
         return options
 

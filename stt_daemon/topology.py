@@ -76,6 +76,10 @@ class Names:
         """The webhook sender's queue on the results exchange (shared by all gateways)."""
         return f"{self.prefix}.callbacks"
 
+    def callback_retry_queue(self, delay_ms: int) -> str:
+        """Where webhook calls wait ``delay_ms`` before going back to the callbacks queue."""
+        return f"{self.prefix}.callbacks.retry.{delay_ms}ms"
+
     @property
     def control_exchange(self) -> str:
         """Topic exchange for gateways and daemons: daemon.*, gateway.*, job.cancel."""
@@ -192,3 +196,33 @@ async def declare_topology(
     )
     await cancellations.bind(topology.control_exchange, routing_key="job.cancel")
     return topology
+
+
+async def declare_callback_retries(
+    channel: AbstractChannel, names: Names, delays_ms: Iterable[int]
+) -> dict[int, AbstractQueue]:
+    """Declare one delay queue per retry delay of the webhook sender.
+
+    A call to retry later is published to the queue of its delay, without a
+    consumer; when its TTL runs out the broker dead-letters it back to the
+    callbacks queue. One TTL per queue keeps expiry in queue order (a message
+    only expires at the head). The delays are the gateway's settings, so the
+    gateway declares these, not :func:`declare_topology`.
+    """
+    queues: dict[int, AbstractQueue] = {}
+    for delay_ms in sorted(set(delays_ms)):
+        queues[delay_ms] = await channel.declare_queue(
+            names.callback_retry_queue(delay_ms),
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-message-ttl": delay_ms,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": names.callbacks_queue,
+                # at-least-once needs reject-publish: a call waiting here is not lost
+                # if the callbacks queue is slow to confirm its return.
+                "x-overflow": "reject-publish",
+                "x-dead-letter-strategy": "at-least-once",
+            },
+        )
+    return queues

@@ -8,19 +8,32 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from webhooks import forget_delay_queues
 
+from gateway.callbacks import RetryPlan
 from stack import JFK, JFK_WORDS, Stack, normalise
 
 pytestmark = pytest.mark.integration
 
 SECRET = "s3cret-for-tests"
-CALLBACK_ENV = {"STT_CALLBACK_SECRET": SECRET, "STT_CALLBACK_BACKOFF": "0.2"}
+#: The receivers of these tests listen on loopback, which webhooks may only call when allowed.
+CALLBACK_ENV = {
+    "STT_CALLBACK_SECRET": SECRET,
+    "STT_CALLBACK_BACKOFF": "0.2",
+    "STT_CALLBACK_ALLOW": "127.0.0.0/8",
+}
+
+
+@pytest.fixture(autouse=True)
+async def _forget_delay_queues(stack: Stack, amqp_url: str) -> AsyncIterator[None]:
+    yield
+    await forget_delay_queues(amqp_url, stack.names, RetryPlan(10, 0.2))
 
 
 @dataclass
@@ -138,3 +151,12 @@ async def test_callback_urls_are_validated(stack: Stack) -> None:
         )
         assert response.status_code == 422
         assert "callback_url" in response.json()["detail"]
+        # Credentials are refused even where the host is allowed, and not echoed back.
+        response = await client.post(
+            "/v1/jobs",
+            files={"file": ("a.flac", JFK.read_bytes())},
+            data={"callback_url": "http://guest:guest@127.0.0.1:15679/api/definitions"},
+        )
+        assert response.status_code == 422
+        assert "credentials" in response.json()["detail"]
+        assert "guest" not in response.text
