@@ -12,6 +12,7 @@ import structlog
 import uvicorn
 
 from gateway.config import GatewaySettings
+from gateway.limits import ConnectionLimits, configure, uvicorn_options
 from stt_daemon.logs import configure_logging
 
 log = structlog.get_logger("gateway")
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers is not None:
         os.environ["STT_GATEWAY_WORKERS"] = str(args.workers)
     settings = GatewaySettings()
+    configure(ConnectionLimits.from_settings(settings))
     workers = settings.worker_count
     if workers > 1:
         # The parent (uvicorn's supervisor) logs too: the same line shape as the workers'.
@@ -92,10 +94,11 @@ def main(argv: list[str] | None = None) -> None:
         # gateway.requestid logs one access line per request, with the request id;
         # uvicorn's own would say it a second time.
         access_log=False,
-        # The websocket endpoint takes a whole recording in one message.
-        ws_max_size=settings.max_upload_bytes,
         timeout_graceful_shutdown=30,
         workers=workers,
+        # h11 with a head size cap, head/body deadlines, a socket cap and websocket
+        # upload slots: what one client may hold (README, "Limits").
+        **uvicorn_options(settings),
     )
 
 

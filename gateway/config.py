@@ -50,11 +50,30 @@ class GatewaySettings(CommonSettings):
     key_max_active: int = Field(default=0, ge=0)
     #: Gateway processes sharing the port (``STT_GATEWAY_WORKERS``); 0 = one per CPU core.
     gateway_workers: int = Field(default=1, ge=0)
+    #: Open sockets per gateway process; when full, the longest wait for a request head goes.
+    max_connections: int = Field(default=1000, ge=1)
+    #: Seconds a client has to send a request's line and headers.
+    header_timeout: float = Field(default=10.0, gt=0)
+    #: Seconds of grace for a request body, plus one per ``body_min_rate`` bytes received.
+    body_timeout: float = Field(default=30.0, gt=0)
+    #: Bytes a second a request body must average (after the grace) to keep its socket.
+    body_min_rate: int = Field(default=32 * 1024, ge=1)
+    #: Largest websocket audio message in MB (at most ``STT_MAX_UPLOAD_MB``); it is held in memory.
+    ws_max_mb: float = Field(default=16.0, gt=0)
+    #: Websockets sending audio at once per process; others wait, reading paused.
+    ws_max_uploads: int = Field(default=2, ge=1)
+    #: Seconds a websocket has, from its accept, to deliver its audio message.
+    ws_timeout: float = Field(default=30.0, gt=0)
 
     @property
     def worker_count(self) -> int:
         """``gateway_workers`` with 0 resolved to the number of cores."""
         return self.gateway_workers or usable_cores()
+
+    @property
+    def ws_max_bytes(self) -> int:
+        """``ws_max_mb`` in bytes, never above the HTTP upload limit."""
+        return min(int(self.ws_max_mb * 1024 * 1024), self.max_upload_bytes)
 
     @field_validator("callback_allow")
     @classmethod

@@ -7,6 +7,7 @@ pending/finished/failed, ``/result/{id}`` -> ``{"result": text}``, and the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import structlog
@@ -89,7 +90,16 @@ async def ws_test(websocket: WebSocket, owner: OwnerDep) -> None:
     services = get_services(websocket)
     await websocket.accept()
     try:
-        data = await websocket.receive_bytes()
+        # A socket that never sends must not be held open: the whole message (uvicorn
+        # delivers messages whole) has STT_WS_TIMEOUT seconds from the accept.
+        data = await asyncio.wait_for(websocket.receive_bytes(), services.settings.ws_timeout)
+    except TimeoutError:
+        timeout = services.settings.ws_timeout
+        refusal = {"detail": f"no audio message within {timeout:g} s", "status_code": 408}
+        with contextlib.suppress(Exception):
+            await websocket.send_json(refusal)
+            await websocket.close(code=1008)
+        return
     except (WebSocketDisconnect, KeyError, RuntimeError):
         # KeyError/RuntimeError: a text frame instead of bytes, or an early close.
         # 415 as the HTTP routes answer a body that is not multipart: wrong kind of payload.
@@ -106,7 +116,9 @@ async def ws_test(websocket: WebSocket, owner: OwnerDep) -> None:
         return
     try:
         blob = services.blobs.writer(services.settings.max_upload_bytes)
-        blob.write(data)
+        # Up to STT_WS_MAX_MB in one write: off the event loop, then let the bytes go.
+        await asyncio.to_thread(blob.write, data)
+        del data
         record = await services.submit(
             blob, services.job_options({}), filename=None, content_type=None, owner=owner
         )
