@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -144,6 +145,10 @@ class DaemonSettings(CommonSettings):
     #: Speech chunks decoded together per transcription (faster-whisper's batched
     #: pipeline); unset: 8 on a GPU, 0 (one window after another) on a CPU.
     batch_size: int | None = Field(default=None, ge=0, le=64)
+    #: Where a job's recording is decoded to (16-bit PCM, 32 KB a second of audio): it
+    #: is read from there a window at a time, never held whole in memory. Unset: the
+    #: system's temporary directory.
+    work_dir: Path | None = None
     #: Seconds of transcription between two checkpoints of a job (the segments done so
     #: far, in the blob store, so that whoever runs it next resumes there); 0 = only
     #: when the daemon stops. See checkpoints.py.
@@ -167,6 +172,14 @@ class DaemonSettings(CommonSettings):
     engine: Literal["whisper", "standin"] = "whisper"
     #: Stand-in engine: seconds of (idle) wall time per second of audio.
     standin_rtf: float = Field(default=0.05, ge=0)
+
+    @property
+    def resolved_work_dir(self) -> Path:
+        """``STT_WORK_DIR``, created if missing, or the system's temporary directory."""
+        if self.work_dir is None:
+            return Path(tempfile.gettempdir())
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        return self.work_dir
 
     @property
     def resolved_batch_size(self) -> int:

@@ -19,10 +19,11 @@ from typing import Protocol
 import numpy as np
 import structlog
 
-from stt_daemon.audio import SAMPLE_RATE, Audio
+from stt_daemon.audio import SAMPLE_RATE, ArraySamples, Audio
 from stt_daemon.engine import Engine
 from stt_daemon.protocol import ResultWarning, Segment, TranscriptResult, WarningCode
 from stt_daemon.standin import StandInEngine
+from stt_daemon.vad import speech_timestamps
 
 log = structlog.get_logger("stt_daemon.coverage")
 
@@ -70,9 +71,6 @@ MIN_UNCOVERED_S = 2.0
 MIN_UNCOVERED_SHARE = 0.15
 #: Longer recordings can have many holes: report the longest few.
 MAX_WARNINGS = 10
-#: The VAD reads the recording this many seconds at a time (19 MB of float32). A
-#: stretch of speech across a block edge comes out as two that touch: the same time.
-BLOCK_S = 300.0
 #: Whisper detects a language from at most 30 s.
 DETECT_S = 30.0
 #: Each detection is one encoder pass of the multilingual model: name the language
@@ -110,18 +108,14 @@ def _window(audio: Recording, start: int, stop: int) -> Audio:
 def speech_spans(audio: Recording) -> list[Span]:
     """Where Silero VAD hears speech, in order (blocking: it runs on the CPU)."""
     # Imported here: the gateway and the tools import this package without the model stack.
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
+    from faster_whisper.vad import VadOptions
 
     options = VadOptions(min_silence_duration_ms=MIN_SILENCE_MS, speech_pad_ms=SPEECH_PAD_MS)
-    length = audio.shape[-1] if isinstance(audio, np.ndarray) else audio.samples
-    step = int(BLOCK_S * SAMPLE_RATE)
-    spans: list[Span] = []
-    for offset in range(0, length, step):
-        block = _window(audio, offset, offset + step)
-        for found in get_speech_timestamps(block, options, sampling_rate=SAMPLE_RATE):
-            start, end = offset + found["start"], offset + found["end"]
-            spans.append(Span(start / SAMPLE_RATE, end / SAMPLE_RATE))
-    return spans
+    samples = ArraySamples(audio) if isinstance(audio, np.ndarray) else audio
+    return [
+        Span(start / SAMPLE_RATE, end / SAMPLE_RATE)
+        for start, end in speech_timestamps(samples, options)
+    ]
 
 
 def covering(segment: Segment) -> bool:
@@ -214,7 +208,8 @@ def _languages(
     heard: dict[Span, str] = {}
     for stretch in sorted(stretches, key=lambda s: s.length, reverse=True)[:MAX_DETECTIONS]:
         try:
-            language, probability = detector.detect_language(_clip(audio, speech, stretch))
+            clip = ArraySamples(_clip(audio, speech, stretch))
+            language, probability = detector.detect_language(clip)
         except Exception:
             # The warning matters more than the name of the language: keep it without.
             log.exception("coverage.detect_failed", model=detector.name)

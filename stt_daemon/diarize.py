@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from stt_daemon.audio import SAMPLE_RATE, Audio
+from stt_daemon.audio import PcmFile
 from stt_daemon.engine import Engine, ProgressCallback
 from stt_daemon.protocol import JobOptions, TranscriptResult
 
@@ -22,13 +22,13 @@ def speaker_label(channel: int) -> str:
 
 def transcribe_channels(
     engine: Engine,
-    channels: Audio,
+    channels: PcmFile,
     options: JobOptions,
     on_progress: ProgressCallback,
     cancelled: threading.Event,
 ) -> TranscriptResult:
-    """Transcribe every row of ``channels`` and merge the segments by start time."""
-    count = channels.shape[0]
+    """Transcribe every channel of ``channels`` and merge the segments by start time."""
+    count = channels.channels
     # Each speaker is silent while the other talks: skip that silence, or Whisper
     # tends to invent words in it.
     per_channel = options.model_copy(update={"vad_filter": True})
@@ -38,8 +38,8 @@ def transcribe_channels(
         def progress(fraction: float, index: int = index) -> None:
             on_progress((index + fraction) / count)
 
-        results.append(engine.transcribe(channels[index], per_channel, progress, cancelled))
-    return merge(results, duration=channels.shape[1] / SAMPLE_RATE)
+        results.append(engine.transcribe(channels.channel(index), per_channel, progress, cancelled))
+    return merge(results, duration=channels.duration)
 
 
 def merge(results: list[TranscriptResult], duration: float) -> TranscriptResult:

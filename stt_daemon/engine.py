@@ -8,14 +8,19 @@ iteration happens here, never on the event loop.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any, Protocol
 
-from stt_daemon.audio import SAMPLE_RATE, Audio
+from stt_daemon import features
+from stt_daemon.audio import SAMPLE_RATE, Samples
 from stt_daemon.checkpoints import Tracker
 from stt_daemon.cores import usable_cores
+from stt_daemon.features import WindowedFeatures
 from stt_daemon.models import ModelRef
 from stt_daemon.protocol import JobOptions, Segment, TranscriptResult, Word
+from stt_daemon.vad import speech_timestamps
 
 ProgressCallback = Callable[[float], None]
 
@@ -33,20 +38,20 @@ class Engine(Protocol):
 
     def transcribe(
         self,
-        audio: Audio,
+        audio: Samples,
         options: JobOptions,
         on_progress: ProgressCallback,
         cancelled: threading.Event,
         tracker: Tracker | None = None,
     ) -> TranscriptResult:
-        """Transcribe 16 kHz mono audio; blocking.
+        """Transcribe 16 kHz mono audio, read a window at a time; blocking.
 
         With a ``tracker``, start where its checkpoint ends (if any) and report every
         segment and window to it, so that the job can be resumed.
         """
         ...
 
-    def detect_language(self, audio: Audio) -> tuple[str, float]:
+    def detect_language(self, audio: Samples) -> tuple[str, float]:
         """The language spoken at the start of the audio, and its probability; blocking."""
         ...
 
@@ -91,6 +96,9 @@ class WhisperEngine:
         # together, up to batch_size at once: what keeps a GPU busy. On a CPU, parallel
         # single-thread jobs use the cores better (see the README's Benchmarks).
         self._batched = BatchedInferencePipeline(self._model) if batch_size > 0 else None
+        # Features a window at a time, from the recording on disk (see features.py).
+        self._features = WindowedFeatures(self._model.feature_extractor)
+        self._model.feature_extractor = self._features
 
     def _whisper_kwargs(self, options: JobOptions) -> dict[str, Any]:
         """faster-whisper's arguments for a job; only what the job set overrides the defaults."""
@@ -101,18 +109,17 @@ class WhisperEngine:
             "beam_size": options.beam_size or self._beam_size,
             "initial_prompt": options.prompt,
             "hotwords": options.hotwords,
-            "vad_filter": options.vad_filter,
         }
         if options.temperature is not None:
             # One temperature, as asked: no fallback to other temperatures.
             kwargs["temperature"] = options.temperature
         return kwargs
 
-    def detect_language(self, audio: Audio) -> tuple[str, float]:
+    def detect_language(self, audio: Samples) -> tuple[str, float]:
         """Whisper's own detection on the first 30 s, as an unsplit transcription does it."""
         if not self.multilingual:
             return "en", 1.0
-        language, probability, _ = self._model.detect_language(audio[: 30 * SAMPLE_RATE])
+        language, probability, _ = self._model.detect_language(audio.read(0, 30 * SAMPLE_RATE))
         return language, probability
 
     def _prompt_tokens(self, prompt: str | None) -> list[int]:
@@ -122,57 +129,106 @@ class WhisperEngine:
         return list(self._model.hf_tokenizer.encode(" " + prompt.strip()).ids)
 
     def _resume_kwargs(self, options: JobOptions, tracker: Tracker | None) -> dict[str, Any]:
-        """What makes a resumed run pick up exactly where the checkpoint ends."""
+        """Prompt and language that make a resumed run go on as the first one would have."""
         resume = tracker.resume if tracker is not None else None
         if resume is None:
             return {}
         prompt = [] if resume.prompt_reset else self._prompt_tokens(options.prompt)
         return {
-            # The same features from the same place: Whisper seeks there itself.
-            "clip_timestamps": [resume.start],
             "initial_prompt": prompt + resume.prompt_tokens,
             "language": options.language or resume.language,
         }
 
+    @staticmethod
+    def _clips(audio: Samples, options: JobOptions, start: float) -> list[float]:
+        """Where Whisper decodes: from ``start`` on, or the speech after it with the VAD.
+
+        faster-whisper's own VAD filter concatenates the speech into one array; clips
+        on the recording's clock keep it on disk (and timestamps need no restoring).
+        An empty list: the VAD heard no speech at all.
+        """
+        if not options.vad_filter:
+            return [start]
+        from faster_whisper.vad import VadOptions
+
+        clips: list[float] = []
+        for first, last in speech_timestamps(audio, VadOptions()):
+            begin, end = max(first / SAMPLE_RATE, start), last / SAMPLE_RATE
+            if end > begin:
+                clips += [round(begin, 3), round(end, 3)]
+        return clips
+
     def transcribe(
         self,
-        audio: Audio,
+        audio: Samples,
         options: JobOptions,
         on_progress: ProgressCallback,
         cancelled: threading.Event,
         tracker: Tracker | None = None,
     ) -> TranscriptResult:
         """Transcribe, reporting progress per segment and stopping early when cancelled."""
-        # Resuming needs Whisper's own windows: not with the VAD (it concatenates the
-        # speech) nor batched (chunks decoded together).
-        windows = self._batched is None and not options.vad_filter
-        if not windows:
-            tracker = None
         if cancelled.is_set():
             raise JobCancelled("stopped before transcribing")
         if self._batched is not None:
-            # The batched pipeline finds its chunks with the VAD: it is always on there.
-            # With timestamps, segments stay sentence-sized (subtitles need them), and
-            # tiny.en was seen dropping the end of a chunk without them.
+            # Resuming needs Whisper's own windows, not chunks decoded together.
+            tracker = None
+        with self._segments(audio, options, tracker) as (segments_iter, info):
+            return self._collect(
+                audio, options, on_progress, cancelled, tracker, segments_iter, info
+            )
+
+    @contextmanager
+    def _segments(
+        self, audio: Samples, options: JobOptions, tracker: Tracker | None
+    ) -> Iterator[tuple[Iterable[Any], Any]]:
+        """faster-whisper's lazy segments and info, reading ``audio`` while they are iterated."""
+        if self._batched is not None:
+            # The batched (GPU) pipeline takes the recording whole, and finds its chunks
+            # with the VAD. With timestamps, segments stay sentence-sized (subtitles need
+            # them), and tiny.en was seen dropping the end of a chunk without them.
             kwargs = {
                 **self._whisper_kwargs(options),
                 "vad_filter": True,
                 "without_timestamps": False,
             }
-            segments_iter, info = self._batched.transcribe(
-                audio, batch_size=self._batch_size, **kwargs
-            )
-        else:
-            kwargs = {**self._whisper_kwargs(options), **self._resume_kwargs(options, tracker)}
-            segments_iter, info = self._model.transcribe(audio, **kwargs)
+            yield self._batched.transcribe(audio.read(), batch_size=self._batch_size, **kwargs)
+            return
         resume = tracker.resume if tracker is not None else None
+        clips = self._clips(audio, options, resume.start if resume is not None else 0.0)
+        if not clips:
+            yield iter(()), None  # the VAD heard not a word of speech
+            return
+        kwargs = {
+            **self._whisper_kwargs(options),
+            **self._resume_kwargs(options, tracker),
+            "vad_filter": False,
+            "clip_timestamps": clips,
+        }
+        stand_in = features.stand_in(audio.samples)
+        with self._features.reading(stand_in, audio):
+            yield self._model.transcribe(stand_in, **kwargs)
+
+    def _collect(
+        self,
+        audio: Samples,
+        options: JobOptions,
+        on_progress: ProgressCallback,
+        cancelled: threading.Event,
+        tracker: Tracker | None,
+        segments_iter: Iterable[Any],
+        info: Any,
+    ) -> TranscriptResult:
+        """Our result from faster-whisper's segments, told to the tracker as they come."""
+        resume = tracker.resume if tracker is not None else None
+        if info is None:
+            info = SimpleNamespace(language=options.language, language_probability=None)
         language = resume.language if resume is not None and resume.language else info.language
         probability = (
             resume.language_probability
             if resume is not None and resume.language
             else info.language_probability
         )
-        duration = audio.shape[0] / SAMPLE_RATE
+        duration = audio.samples / SAMPLE_RATE
         if tracker is not None:
             tracker.begin(duration, language, probability)
         segments: list[Segment] = list(resume.segments) if resume is not None else []

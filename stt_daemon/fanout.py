@@ -40,7 +40,7 @@ from aio_pika.exceptions import DeliveryError
 from pamqp.commands import Basic
 from pydantic import BaseModel
 
-from stt_daemon.audio import SAMPLE_RATE, Audio
+from stt_daemon.audio import SAMPLE_RATE, Audio, PcmFile
 from stt_daemon.blobs import BlobStore
 from stt_daemon.engine import Engine
 from stt_daemon.protocol import (
@@ -151,14 +151,14 @@ class FanOut:
         self._part_samples = int(part_seconds * SAMPLE_RATE)
         self._timeout = publish_timeout
 
-    def wants(self, job: InboundJob, audio: Audio) -> bool:
+    def wants(self, job: InboundJob, audio: PcmFile) -> bool:
         """True for a whole mono recording longer than ``STT_SPLIT_SECONDS`` that may be split."""
         return (
             self._split_seconds > 0
             and job.message.part is None
             and job.message.options.split
-            and audio.ndim == 1  # per-channel speakers stay together
-            and audio.shape[0] > self._split_seconds * SAMPLE_RATE
+            and audio.channels == 1  # per-channel speakers stay together
+            and audio.samples > self._split_seconds * SAMPLE_RATE
         )
 
     # -- the splitting daemon -------------------------------------------------
@@ -166,7 +166,7 @@ class FanOut:
     async def split(
         self,
         job: InboundJob,
-        audio: Audio,
+        audio: PcmFile,
         engine: Engine,
         *,
         reply_to: str | None,
@@ -187,11 +187,11 @@ class FanOut:
         return len(parts)
 
     def _prepare(
-        self, job: InboundJob, audio: Audio, engine: Engine
+        self, job: InboundJob, audio: PcmFile, engine: Engine
     ) -> tuple[list[Span], list[JobMessage]]:
         """Plan the cuts, fix the language, write the parts and the manifest (blocking)."""
         options = job.message.options
-        parts = plan_parts(audio.shape[0], pauses(audio), self._part_samples)
+        parts = plan_parts(audio.samples, pauses(audio), self._part_samples)
         language, probability = options.language, None
         if language is None:
             # Every part must speak the same language: detect it once, on the
@@ -203,7 +203,9 @@ class FanOut:
         messages = []
         for index, span in enumerate(parts):
             ref = self._blobs.put(
-                f"{stem}-{index}-{token}.wav", wav_bytes(audio[span.start : span.end]), "audio/wav"
+                f"{stem}-{index}-{token}.wav",
+                wav_bytes(audio.read(span.start, span.end)),
+                "audio/wav",
             )
             messages.append(
                 job.message.model_copy(
@@ -216,7 +218,7 @@ class FanOut:
             )
         manifest = Manifest(
             job_id=job.job_id,
-            duration=audio.shape[0] / SAMPLE_RATE,
+            duration=audio.duration,
             language=language,
             language_probability=probability,
             parts=[(span.offset, span.seconds) for span in parts],

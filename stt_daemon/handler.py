@@ -13,13 +13,14 @@ import io
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from stt_daemon import coverage
 from stt_daemon.admission import Admission
-from stt_daemon.audio import SAMPLE_RATE, Audio, AudioError, decode
+from stt_daemon.audio import AudioError, PcmFile, decode_to_file
 from stt_daemon.blobs import BlobError, BlobStore
 from stt_daemon.checkpoints import Checkpoint, CheckpointStore, Tracker
 from stt_daemon.config import DaemonSettings
@@ -248,8 +249,25 @@ class JobHandler:
             part=part.index if part is not None else None,
             resumed_from_s=round(resume.start, 3) if resume is not None else None,
         )
-        engine = self._engine(job.message.options)
+        self._engine(job.message.options)  # an unknown model fails before any decoding
         audio = await self._decode(job, timings)
+        try:
+            await self._run_decoded(message, job, attempt, timings, cancelled, tracker, audio)
+        finally:
+            audio.remove()
+
+    async def _run_decoded(
+        self,
+        message: AbstractIncomingMessage,
+        job: InboundJob,
+        attempt: int,
+        timings: Timings,
+        cancelled: threading.Event,
+        tracker: Tracker,
+        audio: PcmFile,
+    ) -> None:
+        part = job.message.part
+        engine = self._engine(job.message.options)
         if await self._parts.split(message, job, engine, audio, timings):
             return
         result = await self._transcribe(job, engine, audio, attempt, timings, cancelled, tracker)
@@ -272,17 +290,17 @@ class JobHandler:
         check_supported(engine, options)
         return engine
 
-    async def _decode(self, job: InboundJob, timings: Timings) -> Audio:
+    async def _decode(self, job: InboundJob, timings: Timings) -> PcmFile:
         audio = await asyncio.to_thread(self._load_audio, job)
         timings.mark("decode_s", timings.started)
-        timings.marks["audio_s"] = round(audio.shape[-1] / SAMPLE_RATE, 3)
+        timings.marks["audio_s"] = round(audio.duration, 3)
         return audio
 
     async def _transcribe(
         self,
         job: InboundJob,
         engine: Engine,
-        audio: Audio,
+        audio: PcmFile,
         attempt: int,
         timings: Timings,
         cancelled: threading.Event,
@@ -310,7 +328,7 @@ class JobHandler:
         # (interrupts tell which). At the shutdown deadline the task itself is cancelled
         # first, and the thread's late exception is dropped.
         with self._interrupts.transcribing(cancelled, lambda: (1 - done[0]) * audio_s * rtf):
-            if audio.ndim == 2:
+            if options.diarize is Diarize.CHANNELS:
                 result = await asyncio.to_thread(
                     transcribe_channels, engine, audio, options, report, cancelled
                 )
@@ -322,23 +340,21 @@ class JobHandler:
         self._admission.observe(options.model, audio_s, timings.marks["transcribe_s"])
         return result
 
-    def _load_audio(self, job: InboundJob) -> Audio:
-        """Fetch, verify and decode (blocking; runs in a thread)."""
+    def _load_audio(self, job: InboundJob) -> PcmFile:
+        """Fetch, verify and decode to a work file (blocking; runs in a thread)."""
         limit = self._settings.max_audio_seconds
         per_channel = job.message.options.diarize is Diarize.CHANNELS
         try:
             if job.inline_audio is not None:
-                audio = decode(io.BytesIO(job.inline_audio), limit, per_channel)
+                source: io.BytesIO | Path = io.BytesIO(job.inline_audio)
             else:
                 assert job.message.audio is not None  # decode_job guarantees one or the other
-                audio = decode(self._blobs.verified_path(job.message.audio), limit, per_channel)
+                source = self._blobs.verified_path(job.message.audio)
+            return decode_to_file(source, limit, self._settings.resolved_work_dir, per_channel)
         except AudioError as exc:
             raise PermanentError(exc.code, str(exc)) from None
         except BlobError as exc:
             raise PermanentError(exc.code, str(exc)) from None
-        if per_channel and audio.ndim == 1:
-            audio = audio.reshape(1, -1)  # a mono file is one speaker
-        return audio
 
     async def _hand_back(
         self,

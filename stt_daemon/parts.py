@@ -12,7 +12,7 @@ import time
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from stt_daemon.audio import Audio
+from stt_daemon.audio import PcmFile
 from stt_daemon.engine import Engine
 from stt_daemon.fanout import CannotSplit, FanOut
 from stt_daemon.metrics import DaemonMetrics
@@ -42,7 +42,7 @@ class PartRunner:
         message: AbstractIncomingMessage,
         job: InboundJob,
         engine: Engine,
-        audio: Audio,
+        audio: PcmFile,
         timings: Timings,
     ) -> bool:
         """Fan the recording out and ack it; False when it stays whole (short, or queue full)."""

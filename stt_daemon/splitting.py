@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stt_daemon.audio import SAMPLE_RATE, Audio
+from stt_daemon.audio import SAMPLE_RATE, Samples
+from stt_daemon.vad import speech_timestamps
 
 #: Pauses shorter than this are not cut candidates: they fall between words.
 MIN_PAUSE_MS = 200
@@ -39,21 +40,20 @@ class Span:
         return self.start / SAMPLE_RATE
 
 
-def pauses(audio: Audio) -> list[Span]:
+def pauses(audio: Samples) -> list[Span]:
     """The gaps between stretches of speech (blocking: Silero VAD runs on the CPU)."""
     # Imported here: the gateway and the tools import this package without the model stack.
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
+    from faster_whisper.vad import VadOptions
 
     options = VadOptions(min_silence_duration_ms=MIN_PAUSE_MS, speech_pad_ms=SPEECH_PAD_MS)
-    speech = get_speech_timestamps(audio, options, sampling_rate=SAMPLE_RATE)
     gaps: list[Span] = []
     previous_end = 0
-    for stretch in speech:
-        if stretch["start"] > previous_end:
-            gaps.append(Span(previous_end, stretch["start"]))
-        previous_end = stretch["end"]
-    if previous_end < audio.shape[-1]:
-        gaps.append(Span(previous_end, audio.shape[-1]))
+    for start, end in speech_timestamps(audio, options):
+        if start > previous_end:
+            gaps.append(Span(previous_end, start))
+        previous_end = end
+    if previous_end < audio.samples:
+        gaps.append(Span(previous_end, audio.samples))
     return gaps
 
 

@@ -14,7 +14,7 @@ import threading
 
 import structlog
 
-from stt_daemon.audio import SAMPLE_RATE, Audio
+from stt_daemon.audio import SAMPLE_RATE, Samples
 from stt_daemon.checkpoints import Tracker
 from stt_daemon.config import DaemonSettings
 from stt_daemon.engine import Engine, JobCancelled, ProgressCallback
@@ -37,14 +37,14 @@ class StandInEngine:
 
     def transcribe(
         self,
-        audio: Audio,
+        audio: Samples,
         options: JobOptions,
         on_progress: ProgressCallback,
         cancelled: threading.Event,
         tracker: Tracker | None = None,
     ) -> TranscriptResult:
         """Wait as long as a model of this speed would, window by window."""
-        duration = audio.shape[-1] / SAMPLE_RATE
+        duration = audio.samples / SAMPLE_RATE
         resume = tracker.resume if tracker is not None else None
         segments: list[Segment] = list(resume.segments) if resume is not None else []
         # At least one window, so a silent or empty clip still gets one segment.
@@ -82,7 +82,7 @@ class StandInEngine:
             segments=segments,
         )
 
-    def detect_language(self, audio: Audio) -> tuple[str, float]:
+    def detect_language(self, audio: Samples) -> tuple[str, float]:
         """No model, no detection: English, as the placeholder transcripts are."""
         return "en", 1.0
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stt_daemon.audio import ArraySamples
 from stt_daemon.blobs import BlobStore
 from stt_daemon.checkpoints import Checkpoint, CheckpointStore, Tracker, fingerprint
 from stt_daemon.protocol import AudioRef, InboundJob, JobMessage, JobOptions, PartInfo, Segment
@@ -102,7 +103,7 @@ def test_a_torn_or_foreign_file_is_ignored(tmp_path: Path) -> None:
 
 def test_the_stand_in_engine_resumes_where_the_checkpoint_ends() -> None:
     engine = StandInEngine("tiny.en", rtf=0.0)
-    audio = np.zeros(150 * 16000, dtype=np.float32)
+    audio = ArraySamples(np.zeros(150 * 16000, dtype=np.float32))
     saved: list[Checkpoint] = []
     stop = threading.Event()
     seen: list[float] = []

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stt_daemon import coverage
+from stt_daemon import coverage, vad
 from stt_daemon.audio import SAMPLE_RATE
 from stt_daemon.coverage import Span
 from stt_daemon.protocol import Segment, TranscriptResult, WarningCode, Word
@@ -55,7 +55,7 @@ class FakeEngine:
         raise AssertionError("the check never transcribes")
 
     def detect_language(self, audio: Any) -> tuple[str, float]:
-        self.detected.append(len(audio) / SAMPLE_RATE)
+        self.detected.append(audio.samples / SAMPLE_RATE)
         return self.heard
 
 
@@ -208,7 +208,7 @@ class Windows:
 
 
 def test_a_recording_read_by_windows_is_read_by_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(coverage, "BLOCK_S", 4.0)
+    monkeypatch.setattr(vad, "BLOCK_S", 4.0)
     recording = Windows(np.zeros(10 * SAMPLE_RATE, dtype=np.float32))
     assert coverage.speech_spans(recording) == []
     block = 4 * SAMPLE_RATE

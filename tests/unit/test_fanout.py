@@ -13,7 +13,7 @@ from aio_pika.exceptions import DeliveryError
 from pamqp.commands import Basic
 
 from stack import JFK
-from stt_daemon.audio import SAMPLE_RATE, decode
+from stt_daemon.audio import SAMPLE_RATE, PcmFile, decode
 from stt_daemon.blobs import BlobStore
 from stt_daemon.control import Cancellations
 from stt_daemon.fanout import CannotSplit, FanOut, Manifest, merge, wav_bytes
@@ -117,7 +117,7 @@ async def test_split_publishes_bounded_parts_and_a_manifest(tmp_path: Path) -> N
     exchange = Exchange()
     fan = fanout(tmp_path, exchange)
     job = InboundJob(message=JobMessage(job_id="rec-1", options=JobOptions(model="tiny.en")))
-    audio = talk(40)
+    audio = PcmFile.write(talk(40), tmp_path)
     assert fan.wants(job, audio)
     count = await fan.split(job, audio, Engine(), reply_to="reply-q", correlation_id="c9")  # type: ignore[arg-type]
     assert count == len(exchange.published) >= 4
@@ -140,7 +140,13 @@ async def test_a_full_queue_leaves_nothing_behind(tmp_path: Path) -> None:
     fan = fanout(tmp_path, Exchange(nack_from=2))
     job = InboundJob(message=JobMessage(job_id="rec-1"))
     with pytest.raises(CannotSplit):
-        await fan.split(job, talk(40), Engine(), reply_to=None, correlation_id=None)  # type: ignore[arg-type]
+        await fan.split(
+            job,
+            PcmFile.write(talk(40), tmp_path),
+            Engine(),  # type: ignore[arg-type]
+            reply_to=None,
+            correlation_id=None,
+        )
     assert not fan.is_active("rec-1")  # the two parts published will skip themselves
     assert not list((tmp_path / "blobs").iterdir())
 

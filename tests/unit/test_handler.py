@@ -97,7 +97,7 @@ class FakeEngine:
         return TranscriptResult(
             text="fake words",
             language="en",
-            duration=len(audio) / 16000,
+            duration=audio.samples / 16000,
             model=options.model,
             segments=[Segment(id=0, start=0.0, end=1.0, text="fake words")],
         )

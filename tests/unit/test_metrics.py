@@ -102,7 +102,7 @@ class FakeEngine:
         return TranscriptResult(
             text="words",
             language="en",
-            duration=len(audio) / 16000,
+            duration=audio.samples / 16000,
             model=options.model,
             segments=[Segment(id=0, start=0.0, end=1.0, text="words")],
         )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stack import JFK
-from stt_daemon.audio import SAMPLE_RATE, decode
+from stt_daemon.audio import SAMPLE_RATE, ArraySamples, decode
 from stt_daemon.splitting import Span, pauses, plan_parts
 
 S = SAMPLE_RATE
@@ -62,7 +62,7 @@ def test_pauses_are_found_in_real_speech() -> None:
     speech = decode(JFK, max_seconds=60)
     silence = np.zeros(2 * S, dtype=np.float32)
     audio = np.concatenate([speech, silence, speech])
-    gaps = pauses(audio)
+    gaps = pauses(ArraySamples(audio))
     # The two seconds of silence between the two speeches are one of the gaps.
     inserted = [
         g

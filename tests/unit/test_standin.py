@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from stt_daemon.audio import SAMPLE_RATE
+from stt_daemon.audio import SAMPLE_RATE, ArraySamples
 from stt_daemon.config import DaemonSettings
 from stt_daemon.engine import JobCancelled
 from stt_daemon.protocol import JobOptions
 from stt_daemon.standin import StandInEngine
 
 
-def _silence(seconds: float) -> np.ndarray:
-    return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
+def _silence(seconds: float) -> ArraySamples:
+    return ArraySamples(np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32))
 
 
 def test_result_has_one_segment_per_30_s_window_and_says_what_it_is() -> None:
