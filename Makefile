@@ -1,5 +1,11 @@
 # The two commands of the README, plus the checks CI runs.
-.PHONY: up test lint bootstrap bench
+.PHONY: up test test-quick test-unit lint bootstrap bench
+
+# Extra pytest arguments for the test targets: make test-quick ARGS="-k websocket -x"
+ARGS ?=
+# What test-quick (or make test QUICK=1) leaves out: the tests that kill and restart
+# real processes (daemons, the broker), a few minutes of the whole run.
+QUICK_MARKERS := not slow and not faults
 
 bootstrap:
 	@deploy/local/bootstrap
@@ -9,8 +15,17 @@ up: bootstrap
 	.venv/bin/stt-local
 
 # Unit and integration tests: real RabbitMQ node, real Whisper model, real speech.
+# Everything (what CI runs), unless QUICK=1 is given.
 test: bootstrap
-	.venv/bin/pytest
+	.venv/bin/pytest $(if $(QUICK),-m "$(QUICK_MARKERS)") $(ARGS)
+
+# Unit tests and the integration tests that do not kill processes.
+test-quick: bootstrap
+	.venv/bin/pytest -m "$(QUICK_MARKERS)" $(ARGS)
+
+# Unit tests only: no broker, seconds.
+test-unit: bootstrap
+	.venv/bin/pytest -m "not integration" $(ARGS)
 
 lint: bootstrap
 	.venv/bin/ruff check .
