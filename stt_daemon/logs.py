@@ -54,10 +54,16 @@ def configure_logging(
     for name, floor in _NOISY.items():
         logging.getLogger(name).setLevel(max(floor, root.level))
     # uvicorn installs its own handlers; send its records through ours instead.
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         uv = logging.getLogger(name)
         uv.handlers.clear()
         uv.propagate = True
+    # Except its access line: the gateway writes one of its own (with the request id,
+    # the route and the job), and uvicorn logs its own whenever this logger has a
+    # handler anywhere up the tree, whatever access_log says.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False
 
 
 def _keep(

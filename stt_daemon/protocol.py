@@ -254,7 +254,7 @@ class TranscriptResult(_Wire):
     """The full result of a job."""
 
     text: str
-    language: str | None
+    language: str | None = None
     language_probability: float | None = None
     duration: float
     model: str

@@ -15,7 +15,8 @@ import os
 import threading
 
 from stt_daemon.__main__ import main
-from stt_daemon.audio import Audio
+from stt_daemon.audio import Samples
+from stt_daemon.checkpoints import Tracker
 from stt_daemon.engine import ProgressCallback, WhisperEngine
 from stt_daemon.protocol import JobOptions, TranscriptResult
 
@@ -31,15 +32,16 @@ def install() -> None:
 
     def crashing(
         self: WhisperEngine,
-        audio: Audio,
+        audio: Samples,
         options: JobOptions,
         on_progress: ProgressCallback,
         cancelled: threading.Event,
+        tracker: Tracker | None = None,
     ) -> TranscriptResult:
         if options.prompt == POISON_PROMPT:
             os.write(2, b"crashing_daemon: poison job, dying hard\n")
             os._exit(CRASH_EXIT_CODE)  # no cleanup, no flush: as abrupt as a segfault
-        return transcribe(self, audio, options, on_progress, cancelled)
+        return transcribe(self, audio, options, on_progress, cancelled, tracker)
 
     WhisperEngine.transcribe = crashing  # type: ignore[method-assign]
 

@@ -197,3 +197,15 @@ def test_websocket_refusals_carry_a_status_code(
         reply = ws.receive_json()
     assert reply == {"detail": reply["detail"], "status_code": status}
     assert reply["detail"] and not broker.published
+
+
+def test_uvicorn_writes_no_access_line_of_its_own() -> None:
+    # uvicorn's protocols log an access line whenever "uvicorn.access" has a handler
+    # anywhere up the tree (hasHandlers), whatever access_log says.
+    import logging
+
+    from stt_daemon.logs import configure_logging
+
+    configure_logging("INFO", "json")
+    assert not logging.getLogger("uvicorn.access").hasHandlers()
+    assert logging.getLogger("uvicorn.error").hasHandlers()

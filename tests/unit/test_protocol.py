@@ -107,3 +107,16 @@ def test_status_ranks_only_move_forward() -> None:
     assert JobStatus.QUEUED.rank < JobStatus.PROCESSING.rank < JobStatus.SUCCEEDED.rank
     assert JobStatus.SUCCEEDED.is_final and JobStatus.FAILED.is_final
     assert not JobStatus.PROCESSING.is_final
+
+
+def test_a_result_without_a_language_survives_the_wire() -> None:
+    # Silence per channel detects no language; events are sent without their None
+    # fields, and the recorder once refused such a final event, leaving the job
+    # "processing" for ever.
+    from stt_daemon.events import event_message
+    from stt_daemon.protocol import EventType, JobEvent, TranscriptResult, decode_event
+
+    result = TranscriptResult(text="", language=None, duration=600.0, model="tiny.en", segments=[])
+    event = JobEvent(event=EventType.SUCCEEDED, job_id="j", result=result)
+    decoded = decode_event(event_message(event).body)
+    assert decoded.result is not None and decoded.result.language is None
