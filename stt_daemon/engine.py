@@ -268,4 +268,5 @@ class WhisperEngine:
             end=min(seg.end, duration),
             text=seg.text,
             words=words,
+            avg_logprob=round(seg.avg_logprob, 4),
         )

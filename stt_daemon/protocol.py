@@ -223,6 +223,8 @@ class Segment(_Wire):
     end: float
     text: str
     words: list[Word] | None = None
+    #: Whisper's mean token log probability for the segment: how sure it was.
+    avg_logprob: float | None = None
     #: With ``diarize=channels``: who spoke (``channel_0``, ``channel_1``...).
     speaker: str | None = None
 

@@ -253,3 +253,15 @@ def test_a_failing_detection_keeps_the_warning(bilingual: np.ndarray) -> None:
         bilingual, result(*ENGLISH_ONLY), FakeEngine("tiny.en", False), {"b": base}
     )
     assert [(w.start, w.end, w.language) for w in got.warnings] == [(11.9, 22.6, None)]
+
+
+def test_a_segment_whisper_was_unsure_of_covers_nothing() -> None:
+    sure = Segment(id=0, start=0.0, end=5.0, text=" Ask not.", avg_logprob=-0.3)
+    made_up = Segment(id=1, start=5.0, end=10.0, text=" The guy.", avg_logprob=-1.4)
+    assert coverage.covering(sure) and not coverage.covering(made_up)
+    speech = [Span(0.0, 5.0), Span(5.0, 10.0)]
+    assert coverage.uncovered(speech, [sure, made_up]) == [Span(5.5, 10.0)]
+    assert (
+        coverage.uncovered(speech, [sure, sure.model_copy(update={"start": 5.0, "end": 10.0})])
+        == []
+    )
