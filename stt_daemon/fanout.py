@@ -108,8 +108,20 @@ def merge(manifest: Manifest, results: list[TranscriptResult]) -> TranscriptResu
                     }
                 )
             )
+    # Each part's warnings are on its own clock, as its segments were.
+    warnings = [
+        warning.model_copy(
+            update={
+                "start": None if warning.start is None else round(warning.start + offset, 2),
+                "end": None if warning.end is None else round(warning.end + offset, 2),
+            }
+        )
+        for (offset, _length), part in zip(manifest.parts, results, strict=True)
+        for warning in part.warnings
+    ]
     first = results[0]
     return TranscriptResult(
+        warnings=warnings,
         text=" ".join(text for r in results if (text := r.text.strip())),
         language=manifest.language or first.language,
         language_probability=manifest.language_probability,

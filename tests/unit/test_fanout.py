@@ -22,6 +22,7 @@ from stt_daemon.protocol import (
     JobMessage,
     JobOptions,
     PartInfo,
+    ResultWarning,
     Segment,
     TranscriptResult,
     Word,
@@ -104,6 +105,25 @@ def test_merge_puts_parts_on_the_recordings_clock() -> None:
     assert [(s.start, s.end) for s in merged.segments] == [(0.5, 9.5), (10.5, 17.5), (18.5, 24.5)]
     assert [s.words[0].start for s in merged.segments if s.words] == [0.5, 10.5, 18.5]
     assert (merged.duration, merged.language_probability) == (25.0, 0.9)
+
+
+def test_merge_keeps_the_parts_warnings_on_the_recordings_clock() -> None:
+    manifest = Manifest(
+        job_id="rec",
+        duration=25.0,
+        language="en",
+        language_probability=0.9,
+        parts=[(0.0, 10.0), (10.0, 8.0)],
+    )
+    second = part_result(1, 8).model_copy(
+        update={
+            "warnings": [
+                ResultWarning(code="untranscribed_speech", message="m", start=2.0, end=5.5)
+            ]
+        }
+    )
+    merged = merge(manifest, [part_result(0, 10), second])
+    assert [(w.start, w.end) for w in merged.warnings] == [(12.0, 15.5)]
 
 
 def test_part_audio_is_the_decoded_audio_again(tmp_path: Path) -> None:
