@@ -210,6 +210,14 @@ class Tracker:
         self._save(checkpoint)
         return checkpoint
 
+    def save_quietly(self) -> Checkpoint | None:
+        """:meth:`flush`, where a failure to write only loses the shortcut (blocking)."""
+        try:
+            return self.flush()
+        except OSError as exc:
+            log.warning("checkpoint.not_saved", error=str(exc))
+            return None
+
     def _commit(self, next_start: float) -> None:
         if not self._pending and next_start <= self._committed.start:
             return
@@ -239,10 +247,6 @@ class Tracker:
         self._pending = []
 
     def _maybe_save(self) -> None:
-        if self._interval <= 0 or self._clock() - self._saved_at < self._interval:
-            return
-        try:
-            self.flush()
-        except OSError as exc:
-            # A checkpoint is an optimisation: a full disk must not fail the job.
-            log.warning("checkpoint.not_saved", error=str(exc))
+        # A checkpoint is an optimisation: a full disk must not fail the job.
+        if self._interval > 0 and self._clock() - self._saved_at >= self._interval:
+            self.save_quietly()

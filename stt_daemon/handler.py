@@ -9,20 +9,18 @@ backoff, until the job has been delivered ``max_attempts`` times.
 from __future__ import annotations
 
 import asyncio
-import io
 import threading
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from stt_daemon import coverage
 from stt_daemon.admission import Admission
-from stt_daemon.audio import AudioError, PcmFile, decode_to_file
+from stt_daemon.audio import AudioError, PcmFile
 from stt_daemon.blobs import BlobError, BlobStore
-from stt_daemon.checkpoints import Checkpoint, CheckpointStore, Tracker
+from stt_daemon.checkpoints import CheckpointStore, Tracker
 from stt_daemon.config import DaemonSettings
 from stt_daemon.control import Cancellations
 from stt_daemon.diarize import transcribe_channels
@@ -47,13 +45,13 @@ from stt_daemon.protocol import (
     utcnow,
 )
 from stt_daemon.quarantine import Quarantine, previous_deliveries
+from stt_daemon.recordings import load_recording
 from stt_daemon.settling import (
     DeliveryLost,
     PermanentError,
     Settler,
     Timings,
     backoff,
-    delivery_lost,
     ignore_progress,
 )
 
@@ -97,12 +95,16 @@ class JobHandler:
         self._events = events
         self._checkpoints = CheckpointStore(blobs)
         self._settle = Settler(
-            events, blobs, settings.worker_name, settings.progress_interval, self._checkpoints
+            events,
+            blobs,
+            settings.worker_name,
+            settings.progress_interval,
+            self._checkpoints,
+            handback,
         )
         self._cancellations = cancellations or Cancellations()
         self._admission = Admission(settings.ack_timeout, settings.assumed_rtf)
         self._quarantine = quarantine
-        self._handback = handback
         self._interrupts = Interrupts()
         self.counts: dict[str, int] = {
             "succeeded": 0,
@@ -342,18 +344,14 @@ class JobHandler:
 
     def _load_audio(self, job: InboundJob) -> PcmFile:
         """Fetch, verify and decode to a work file (blocking; runs in a thread)."""
-        limit = self._settings.max_audio_seconds
-        per_channel = job.message.options.diarize is Diarize.CHANNELS
         try:
-            if job.inline_audio is not None:
-                source: io.BytesIO | Path = io.BytesIO(job.inline_audio)
-            else:
-                assert job.message.audio is not None  # decode_job guarantees one or the other
-                source = self._blobs.verified_path(job.message.audio)
-            return decode_to_file(source, limit, self._settings.resolved_work_dir, per_channel)
-        except AudioError as exc:
-            raise PermanentError(exc.code, str(exc)) from None
-        except BlobError as exc:
+            return load_recording(
+                job,
+                self._blobs,
+                self._settings.max_audio_seconds,
+                self._settings.resolved_work_dir,
+            )
+        except (AudioError, BlobError) as exc:
             raise PermanentError(exc.code, str(exc)) from None
 
     async def _hand_back(
@@ -364,29 +362,9 @@ class JobHandler:
         tracker: Tracker,
         reason: str,
     ) -> None:
-        """Save what is done, tell the world the job waits again, and put it back unharmed."""
-        checkpoint = await asyncio.to_thread(self._save_checkpoint, tracker)
-        if delivery_lost(message):
-            raise DeliveryLost(job.job_id)  # the broker has put it back already
-        if job.message.part is None:
-            # Parts report on their whole recording, which other parts keep running.
-            requeued = self._settle.event(
-                job,
-                EventType.REQUEUED,
-                attempt,
-                progress=round(checkpoint.fraction, 4) if checkpoint is not None else None,
-            )
-            await self._settle.publish_quietly(requeued)
-        how = "republished"
-        try:
-            if self._handback is None:
-                raise RuntimeError("no hand-back channel")
-            # This attempt does not count: it was interrupted, not failed.
-            await self._handback.give_back(message, attempts=attempt - 1)
-        except Exception as exc:
-            # Never lose it: a plain requeue costs an attempt, but keeps the job.
-            how = f"requeued ({type(exc).__name__}: {exc})"
-            await self._settle.requeue(message)
+        """Save what is done, then put the job back unharmed (see settling.py)."""
+        checkpoint = await asyncio.to_thread(tracker.save_quietly)
+        how = await self._settle.hand_back(message, job, attempt, checkpoint)
         self.counts["handed_back"] += 1
         self.metrics.job_finished(job.message.options.model, "handed_back")
         log.warning(
@@ -395,14 +373,6 @@ class JobHandler:
             how=how,
             checkpoint_s=round(checkpoint.start, 3) if checkpoint is not None else None,
         )
-
-    def _save_checkpoint(self, tracker: Tracker) -> Checkpoint | None:
-        """Save the tracker's checkpoint (blocking); a failure only loses the shortcut."""
-        try:
-            return tracker.flush()
-        except OSError as exc:
-            log.warning("checkpoint.not_saved", error=str(exc))
-            return None
 
     async def _cancel(
         self, message: AbstractIncomingMessage, job: InboundJob, attempt: int

@@ -19,8 +19,9 @@ from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import ChannelInvalidStateError
 
 from stt_daemon.blobs import BlobStore
-from stt_daemon.checkpoints import CheckpointStore
+from stt_daemon.checkpoints import Checkpoint, CheckpointStore
 from stt_daemon.events import EventPublisher
+from stt_daemon.handback import Handback
 from stt_daemon.protocol import ErrorCode, EventType, InboundJob, JobEvent
 
 log = structlog.get_logger("stt_daemon.handler")
@@ -79,10 +80,12 @@ class Settler:
         worker: str,
         progress_interval: float,
         checkpoints: CheckpointStore | None = None,
+        handback: Handback | None = None,
     ) -> None:
         self._events = events
         self._blobs = blobs
         self._checkpoints = checkpoints
+        self._handback = handback
         self._worker = worker
         self._progress_interval = progress_interval
 
@@ -159,6 +162,33 @@ class Settler:
             raise DeliveryLost(job.job_id)
         await message.ack()
         self._drop_audio(job)
+
+    async def hand_back(
+        self,
+        message: AbstractIncomingMessage,
+        job: InboundJob,
+        attempt: int,
+        checkpoint: Checkpoint | None,
+    ) -> str:
+        """Say the job waits again, then republish it unharmed (or requeue it); how it went."""
+        if delivery_lost(message):
+            raise DeliveryLost(job.job_id)  # the broker has put it back already
+        if job.message.part is None:
+            # Parts report on their whole recording, which other parts keep running.
+            progress = round(checkpoint.fraction, 4) if checkpoint is not None else None
+            await self.publish_quietly(
+                self.event(job, EventType.REQUEUED, attempt, progress=progress)
+            )
+        try:
+            if self._handback is None:
+                raise RuntimeError("no hand-back channel")
+            # This attempt does not count: it was interrupted, not failed.
+            await self._handback.give_back(message, attempts=attempt - 1)
+        except Exception as exc:
+            # Never lose it: a plain requeue costs an attempt, but keeps the job.
+            await self.requeue(message)
+            return f"requeued ({type(exc).__name__}: {exc})"
+        return "republished"
 
     async def requeue(self, message: AbstractIncomingMessage) -> None:
         """Hand a delivery back; if its channel is gone the broker requeues it anyway."""
