@@ -94,6 +94,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         version=__version__,
         description="Whisper transcription jobs over RabbitMQ.",
         lifespan=lifespan,
+        # With API keys, the API's map is not handed to whoever asks (STT_API_DOCS).
+        docs_url="/docs" if settings.serves_api_docs else None,
+        redoc_url="/redoc" if settings.serves_api_docs else None,
+        openapi_url="/openapi.json" if settings.serves_api_docs else None,
     )
     install_error_handlers(app, settings.retry_after)
     # Keys are loaded here, not in the lifespan: an unreadable key file stops the start.

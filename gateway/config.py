@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -42,6 +43,9 @@ class GatewaySettings(CommonSettings):
     api_keys: SecretStr | None = None
     #: A file of API keys, one a line (blank lines and ``#`` comments skipped).
     api_keys_file: Path | None = None
+    #: ``/docs`` and ``/openapi.json``: ``auto`` serves them only when no API keys are
+    #: configured (a private deployment does not hand its map to anyone who asks).
+    api_docs: Literal["auto", "on", "off"] = "auto"
     #: Requests a second per key (token bucket, per gateway process); 0 = no limit.
     key_rate_limit: float = Field(default=0.0, ge=0)
     #: Requests a key may make at once after a pause (the bucket's size).
@@ -64,6 +68,12 @@ class GatewaySettings(CommonSettings):
     ws_max_uploads: int = Field(default=2, ge=1)
     #: Seconds a websocket has, from its accept, to deliver its audio message.
     ws_timeout: float = Field(default=30.0, gt=0)
+
+    @property
+    def serves_api_docs(self) -> bool:
+        """Whether ``/docs`` and ``/openapi.json`` are served."""
+        keys = self.api_keys is not None or self.api_keys_file is not None
+        return self.api_docs == "on" or (self.api_docs == "auto" and not keys)
 
     @property
     def worker_count(self) -> int:

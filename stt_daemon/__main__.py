@@ -52,7 +52,7 @@ def load_engines(settings: DaemonSettings) -> dict[str, Engine]:
 async def serve(settings: DaemonSettings) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
     metrics = DaemonMetrics()
-    metrics.serve(settings.metrics_port)
+    metrics.serve(settings.metrics_port, settings.metrics_host)
     engines = await asyncio.to_thread(load_engines, settings)
     daemon = Daemon(settings, engines, metrics)
     loop = asyncio.get_running_loop()

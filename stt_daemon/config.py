@@ -163,6 +163,9 @@ class DaemonSettings(CommonSettings):
     assumed_rtf: float = Field(default=0.5, gt=0)
     #: Port of the Prometheus ``/metrics`` endpoint (all interfaces); 0 = not served.
     metrics_port: int = Field(default=9400, ge=0, le=65535)
+    #: Interface of that endpoint: loopback unless told otherwise (containers set
+    #: 0.0.0.0 so that Prometheus and the probes reach it over the pod network).
+    metrics_host: str = "127.0.0.1"
     #: Recordings longer than this (seconds) are split at pauses into parts that any
     #: daemon can take, and the parts' transcripts merged; 0 = never split.
     split_seconds: float = Field(default=180.0, ge=0)

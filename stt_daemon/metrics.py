@@ -106,7 +106,7 @@ class DaemonMetrics:
         finally:
             gauge.dec()
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Serve ``/metrics`` on ``port`` in a daemon thread (0 = do not serve)."""
         if port == 0:
             return
@@ -116,4 +116,4 @@ class DaemonMetrics:
             # Transcribing matters more than being scraped: say so and go on.
             log.error("metrics.not_served", port=port, error=str(exc))
             return
-        log.info("metrics.serving", port=port)
+        log.info("metrics.serving", port=port, host=addr)

@@ -90,9 +90,11 @@ async def test_every_endpoint_but_the_probes_needs_a_key(stack: Stack) -> None:
             assert response.status_code == 401
             error = response.json()["error"]
             assert error["code"] == "invalid_api_key" and error["type"] == "invalid_request_error"
-        # Probes and the API description stay open.
-        for path in ("/healthz", "/readyz", "/openapi.json", "/docs"):
+        # Probes stay open; the API description is not served with keys (STT_API_DOCS=auto).
+        for path in ("/healthz", "/readyz"):
             assert (await client.get(path)).status_code == 200, path
+        for path in ("/openapi.json", "/docs", "/redoc"):
+            assert (await client.get(path, headers=bearer(K1))).status_code == 404, path
         # The right key passes.
         models = await client.get("/v1/models", headers=bearer(K2))
         assert models.status_code == 200 and models.json()["object"] == "list"
