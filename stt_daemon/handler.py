@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
@@ -52,6 +53,7 @@ from stt_daemon.settling import (
     Settler,
     Timings,
     backoff,
+    delivery_lost,
     ignore_progress,
 )
 
@@ -70,6 +72,23 @@ def check_supported(engine: Engine, options: JobOptions) -> None:
             f"model {engine.name!r} is English-only and cannot transcribe "
             f"language={options.language}; use a multilingual model such as 'base'",
         )
+
+
+def _on_channel_close(
+    message: AbstractIncomingMessage, callback: Callable[[], None]
+) -> asyncio.Future[Any] | None:
+    """Call ``callback`` when the delivery's channel closes; the observer, to cancel after."""
+    try:
+        closing: asyncio.Future[Any] = message.channel.closing
+    except Exception:  # a closed channel (the job is lost already) or a test's fake
+        return None
+
+    def closed(future: asyncio.Future[Any]) -> None:
+        if not future.cancelled():
+            callback()
+
+    closing.add_done_callback(closed)
+    return closing
 
 
 class JobHandler:
@@ -136,11 +155,15 @@ class JobHandler:
             # The routing key of stt.jobs is the model.
             with self.metrics.running(message.routing_key):
                 await self._handle(message, attempt)
-        except DeliveryLost:
+        except DeliveryLost as lost:
             # Nothing to settle: the broker already requeued the job for another daemon.
             self.counts["abandoned"] += 1
             self.metrics.job_finished(message.routing_key, "abandoned")
-            log.warning("job.abandoned", reason="delivery channel closed while the job ran")
+            log.warning(
+                "job.abandoned",
+                reason="delivery channel closed while the job ran",
+                work="stopped" if lost.stopped else "finished",
+            )
         except Exception:
             # Reporting the outcome failed (broker trouble, most likely). Never leave
             # the delivery unsettled: it would hold a prefetch slot until the
@@ -189,9 +212,12 @@ class JobHandler:
             await self._cancel(message, job, attempt)  # cancelled while queued: skip it
             return
         cancelled = self._cancellations.running(job.job_id)
+        lost = _on_channel_close(message, cancelled.set)
         try:
             await self._attempt(message, job, attempt, cancelled)
         finally:
+            if lost is not None:
+                lost.cancel()
             self._cancellations.finished(job.job_id, cancelled)
 
     async def _attempt(
@@ -213,6 +239,10 @@ class JobHandler:
         except PermanentError as exc:
             await self._fail(message, job, attempt, ErrorInfo(code=exc.code, message=str(exc)))
         except JobCancelled:
+            if delivery_lost(message):
+                # The broker took the job back (this process froze past its heartbeat,
+                # a network cut): whatever is left of it is someone else's work now.
+                raise DeliveryLost(job.job_id, stopped=True) from None
             if self._interrupts.interrupted(cancelled):
                 await self._hand_back(message, job, attempt, tracker, "daemon stopping")
             else:

@@ -52,6 +52,11 @@ class PermanentError(Exception):
 class DeliveryLost(Exception):
     """The channel this job came on closed while it ran: the broker gave the job to another."""
 
+    def __init__(self, job_id: str, *, stopped: bool = False) -> None:
+        super().__init__(job_id)
+        #: True when the work was stopped as soon as the loss was seen (not finished first).
+        self.stopped = stopped
+
 
 def delivery_lost(message: AbstractIncomingMessage) -> bool:
     """True when the delivery can no longer be acked (its channel is closed)."""

@@ -108,9 +108,11 @@ async def test_sigstop_past_the_heartbeat_timeout_hands_the_job_over_harmlessly(
         finally:
             stale.signal(signal.SIGCONT)
         assert (done.event, done.worker, done.attempt) == ("job.succeeded", "other", 2)
-        # Thawed, the stale daemon finishes its copy, sees that its delivery is gone
-        # with the old channel, and drops the result instead of racing the new owner.
-        await stale.wait_for_log("job.abandoned", timeout=120)
+        # Thawed, the stale daemon sees that its delivery is gone with the old channel,
+        # stops its copy at the next segment (no CPU spent on work the broker took back)
+        # and publishes nothing for it, instead of racing the new owner.
+        abandoned = await stale.wait_for_log("job.abandoned", timeout=120)
+        assert abandoned["work"] == "stopped"
         # It reconnected and serves again: with the other daemon gone, it takes new work.
         other.signal(signal.SIGTERM)
         assert await other.wait_exit(60) == 0
