@@ -50,9 +50,11 @@ log = structlog.get_logger("gateway.limits")
 #: Bytes of one request head (request line and headers), h11's incomplete-event cap.
 MAX_HEADER_BYTES = 64 * 1024
 #: After an early response, how long and how much of the unread body is read and dropped,
-#: so that the client sees the response instead of a reset.
+#: so that the client sees the response instead of a reset (closing with unread bytes
+#: sends an RST, which makes the client's stack discard the 413 it has not read yet).
+#: Dropped bytes cost no memory; the time bound is what holds a slow client off.
 LINGER_SECONDS = 2.0
-LINGER_BYTES = 1024 * 1024
+LINGER_BYTES = 8 * 1024 * 1024
 #: Bytes a websocket may send without an upload slot (pings, close frames, tiny messages).
 WS_FREE_BYTES = 16 * 1024
 
