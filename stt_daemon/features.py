@@ -31,6 +31,8 @@ from stt_daemon.audio import ArraySamples, Samples
 
 #: Frames per block: 30 s, one Whisper window (about 10 MB of transient memory).
 BLOCK_FRAMES = 3000
+#: Frames per STFT call: its complex128 frames and their copies take about 8 MB.
+STFT_FRAMES = 1000
 #: A slice longer than this stays lazy (faster-whisper slices "from here to the end").
 MATERIALISE_FRAMES = 2 * BLOCK_FRAMES
 #: Recordings up to this long get faster-whisper's exact features (34 MB at the peak).
@@ -59,8 +61,8 @@ class LazyFeatures:
         """The features of ``source``, after one pass for the maximum."""
         frames = (source.samples + padding) // fe.hop_length
         maximum = -np.inf
-        for first in range(0, frames, BLOCK_FRAMES):
-            block = log_mel(fe, source, padding, first, min(first + BLOCK_FRAMES, frames))
+        for first in range(0, frames, STFT_FRAMES):
+            block = log_mel(fe, source, padding, first, min(first + STFT_FRAMES, frames))
             maximum = max(maximum, float(block.max()))
         return cls(fe, source, padding, maximum, 0, frames)
 
@@ -138,8 +140,8 @@ def exact_features(fe: Any, source: Samples, padding: int) -> Features:
     window = np.hanning(n_fft + 1)[:-1].astype("float32")
     # Frame-major, so that .T has the memory layout of faster-whisper's magnitudes.
     magnitudes = np.empty((frames, n_fft // 2 + 1), dtype=np.float32)
-    for first in range(0, frames, BLOCK_FRAMES):
-        last = min(first + BLOCK_FRAMES, frames)
+    for first in range(0, frames, STFT_FRAMES):
+        last = min(first + STFT_FRAMES, frames)
         stretch = _centre_padded(source, padding, n_fft // 2, first * hop, (last - 1) * hop + n_fft)
         stft = fe.stft(stretch, n_fft, hop, window=window, center=False, return_complex=True)
         magnitudes[first:last] = (np.abs(stft.astype("complex64")) ** 2).T
@@ -161,13 +163,14 @@ def normalise(log_spec: Features, maximum: float) -> Features:
 def log_mel(fe: Any, source: Samples, padding: int, first: int, last: int) -> Features:
     """log10 Mel energies of frames ``[first, last)``, as faster-whisper computes them."""
     n_fft, hop = fe.n_fft, fe.hop_length
-    if last <= first:
-        return np.empty((fe.mel_filters.shape[0], 0), dtype=np.float32)
-    stretch = _centre_padded(source, padding, n_fft // 2, first * hop, (last - 1) * hop + n_fft)
     window = np.hanning(n_fft + 1)[:-1].astype("float32")
-    stft = fe.stft(stretch, n_fft, hop, window=window, center=False, return_complex=True)
-    mel = fe.mel_filters @ (np.abs(stft.astype("complex64")) ** 2)
-    log_spec: Features = np.log10(np.clip(mel, a_min=1e-10, a_max=None)).astype(np.float32)
+    log_spec: Features = np.empty((fe.mel_filters.shape[0], max(last - first, 0)), np.float32)
+    for low in range(first, last, STFT_FRAMES):
+        high = min(low + STFT_FRAMES, last)
+        stretch = _centre_padded(source, padding, n_fft // 2, low * hop, (high - 1) * hop + n_fft)
+        stft = fe.stft(stretch, n_fft, hop, window=window, center=False, return_complex=True)
+        mel = fe.mel_filters @ (np.abs(stft.astype("complex64")) ** 2)
+        log_spec[:, low - first : high - first] = np.log10(np.clip(mel, a_min=1e-10, a_max=None))
     return log_spec
 
 
