@@ -22,11 +22,15 @@ import crashing_daemon
 from audiofiles import long_talk, repeated
 from crashing_daemon import CRASH_EXIT_CODE, POISON_PROMPT
 from jepsen import check_history
-from stack import JFK, JFK_WORDS, EventTap, Proc, Stack, drain_dead_letters, event_tap, normalise
+from stack import JFK, EventTap, Proc, Stack, drain_dead_letters, event_tap, normalise
 from stt_daemon.protocol import JobEvent
 from wer import word_error_rate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults]
+
+#: Words of jfk.flac that tiny.en hears in every copy of it: these tests count outcomes,
+#: and tiny.en hears "ask not" as "asked not" in some runs of the repeated recording.
+JFK_SURE_WORDS = "what your country can do for you"
 
 
 async def event_from(
@@ -80,7 +84,7 @@ async def test_sigkill_one_of_two_daemons_mid_transcription(
     assert history.with_status("succeeded") == ids
     for job_id in ids:
         result = history.final(job_id).result
-        assert result is not None and JFK_WORDS in normalise(result.text)
+        assert result is not None and JFK_SURE_WORDS in normalise(result.text)
     # The job the victim was transcribing went back to the queue and the survivor did it.
     taken_over = history.final(caught.job_id)
     assert (taken_over.worker, taken_over.attempt) == ("survivor", 2)
@@ -313,7 +317,7 @@ async def test_innocent_jobs_beside_a_poison_job_are_not_failed_with_it(
     for job_id in innocents:
         assert history.status(job_id) == "succeeded", history.final(job_id)
         result = history.final(job_id).result
-        assert result is not None and JFK_WORDS in normalise(result.text)
+        assert result is not None and JFK_SURE_WORDS in normalise(result.text)
         assert history.final(job_id).attempt <= 2  # at most the one shared crash
     # The poison, and only it, is in the dead-letter queue.
     dead = await drain_dead_letters(channel, stack.names, 1)
