@@ -51,6 +51,15 @@ def addresses(value: str) -> list[str]:
     return found
 
 
+def broker_user(value: str) -> str:
+    """The broker user of ``STT_AMQP_URL`` (its first address; ``guest`` when none is given).
+
+    Our processes set it as the ``user_id`` of what they publish: RabbitMQ refuses a
+    ``user_id`` that is not the connection's user, so consumers can trust it.
+    """
+    return URL(split_urls(value)[0]).user or "guest"
+
+
 def uses_guest_remotely(url: str) -> bool:
     """True for the default ``guest:guest`` account on a host that is not this machine."""
     parsed = URL(url)

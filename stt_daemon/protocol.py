@@ -199,6 +199,9 @@ class InboundJob(BaseModel):
 
     message: JobMessage
     inline_audio: bytes | None = None
+    #: The broker user that published the job, as RabbitMQ validated it (``user_id``),
+    #: carried across the daemons' own copies; "" when the publisher did not say.
+    producer: str | None = None
 
     @property
     def job_id(self) -> str:
@@ -292,6 +295,10 @@ class JobEvent(_Wire):
     #: The job's options, on final events: consumers (webhooks, outside producers'
     #: jobs in the status store) need them without a lookup.
     options: JobOptions | None = None
+    #: The broker user that published the job ("" when it did not set ``user_id``).
+    #: A status store lets events change only records of the same producer, so an
+    #: outside producer reusing a gateway job's id cannot touch that job.
+    producer: str | None = None
 
     @property
     def status(self) -> JobStatus:

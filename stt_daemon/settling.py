@@ -104,6 +104,7 @@ class Settler:
             model=job.message.options.model,
             attempt=attempt,
             worker=self._worker,
+            producer=job.producer,
             **fields,
         )
 
