@@ -3,7 +3,9 @@
 A call to retry later is published to the delay queue of its delay (declared by
 :func:`~stt_daemon.topology.declare_callback_retries`) and its delivery acked at
 once: nothing in the gateway waits for it, so one receiver's outage holds no
-sender. The broker dead-letters it back to the callbacks queue when it is due.
+sender. The broker dead-letters it back to the callbacks queue when it is due,
+properties and all: the copy is published with the gateway's own broker user as
+``user_id``, which the sender trusts, and dead-lettering keeps it.
 """
 
 from __future__ import annotations
@@ -30,9 +32,18 @@ class DelayQueues:
     """Parks webhook calls in per-delay queues, published on a connection of their own."""
 
     def __init__(
-        self, names: Names, delays_ms: Iterable[int], connect: Connect, publish_timeout: float
+        self,
+        names: Names,
+        delays_ms: Iterable[int],
+        connect: Connect,
+        publish_timeout: float,
+        *,
+        user: str | None = None,
     ) -> None:
         self._names = names
+        #: The ``user_id`` of the copies: the broker user of our connection (RabbitMQ
+        #: allows no other); None sets none.
+        self._user = user
         self._delays = sorted(set(delays_ms))
         self._connect = connect
         self._publish_timeout = publish_timeout
@@ -70,6 +81,7 @@ class DelayQueues:
             message_id=message.message_id,
             timestamp=message.timestamp,
             type=message.type,
+            user_id=self._user,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         async with asyncio.timeout(self._publish_timeout):

@@ -9,7 +9,10 @@ One delivery of the queue is one try, bounded by ``STT_CALLBACK_TIMEOUT``; a
 try to repeat later waits in a delay queue (:mod:`gateway.callback_delays`),
 not in the gateway, and a destination host gets ``STT_CALLBACK_PER_HOST``
 calls at once: one tenant's slow receiver cannot hold the calls of others.
-Destinations are checked by :mod:`gateway.egress` at connect time.
+Destinations are checked by :mod:`gateway.egress` at connect time. Only events
+whose broker-checked ``user_id`` is a trusted publisher's are sent (see
+:mod:`gateway.recorder`): a forged ``job.succeeded`` must not reach a receiver
+under our signature.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import hashlib
 import hmac
 import json
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +34,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from gateway.callback_delays import DelayQueues
 from gateway.config import GatewaySettings
 from gateway.egress import EgressPolicy, EgressRefused, check_callback_url, redact_url
+from gateway.recorder import trusted_publishers
 from gateway.webhook_http import webhook_client
 from stt_daemon import amqp
 from stt_daemon.protocol import DecodeError, EventType, JobEvent, decode_event
@@ -151,8 +156,13 @@ class CallbackSender:
         per_host: int = 4,
         timeout: float = 10.0,
         prefetch: int = 64,
+        trusted: Collection[str] | None = None,
     ) -> None:
         self._names = names
+        #: Broker users whose events are sent; None checks nothing (tests that feed
+        #: deliveries by hand): from_settings always gives the set.
+        self._trusted = frozenset(trusted) if trusted is not None else None
+        self.untrusted = 0
         self._secret = secret
         self._retry = retry
         self._http = http
@@ -186,11 +196,17 @@ class CallbackSender:
                 timeout=settings.callback_timeout,
             ),
             delays=DelayQueues(
-                settings.names, retry.delays_ms(), connect, settings.publish_timeout
+                settings.names,
+                retry.delays_ms(),
+                connect,
+                settings.publish_timeout,
+                # Calls coming back from a delay queue must be as trusted as the event.
+                user=amqp.broker_user(settings.amqp_url),
             ),
             policy=policy,
             per_host=settings.callback_per_host,
             timeout=settings.callback_timeout,
+            trusted=trusted_publishers(settings),
         )
 
     async def start(self, connection: AbstractRobustConnection) -> None:
@@ -220,6 +236,17 @@ class CallbackSender:
             await self._delays.close()
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
+        if self._trusted is not None and message.user_id not in self._trusted:
+            # Not from a daemon (nor back from our own delay queues): never sent.
+            self.untrusted += 1
+            log.warning(
+                "callbacks.untrusted_event",
+                user_id=message.user_id,
+                routing_key=message.routing_key,
+                message_id=message.message_id,
+            )
+            await message.reject(requeue=False)
+            return
         try:
             event = decode_event(message.body)
         except DecodeError:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
 
 from gateway.egress import EgressPolicy
 from gateway.store import check_status_url
@@ -68,6 +69,11 @@ class GatewaySettings(CommonSettings):
     ws_max_uploads: int = Field(default=2, ge=1)
     #: Seconds a websocket has, from its accept, to deliver its audio message.
     ws_timeout: float = Field(default=30.0, gt=0)
+    #: Broker users whose events the recorder and the webhook sender believe (comma-separated;
+    #: RabbitMQ vouches for a message's ``user_id``). The gateway's own user is always added.
+    event_publishers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["stt-daemon"])
+    #: Deliveries of one event the status store may refuse (1 s apart) before it is dropped.
+    recorder_max_attempts: int = Field(default=20, ge=1)
 
     @property
     def serves_api_docs(self) -> bool:
@@ -84,6 +90,13 @@ class GatewaySettings(CommonSettings):
     def ws_max_bytes(self) -> int:
         """``ws_max_mb`` in bytes, never above the HTTP upload limit."""
         return min(int(self.ws_max_mb * 1024 * 1024), self.max_upload_bytes)
+
+    @field_validator("event_publishers", mode="before")
+    @classmethod
+    def _split_publishers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("callback_allow")
     @classmethod
