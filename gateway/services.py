@@ -19,6 +19,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.requestid import current_request_id
 from gateway.store import JobRecord, StatusStore
 from gateway.store.base import MAX_IDEMPOTENCY_KEY
+from stt_daemon.amqp import broker_user
 from stt_daemon.blobs import BlobStore, BlobWriter
 from stt_daemon.protocol import (
     CancelRequest,
@@ -124,6 +125,8 @@ class Services:
             filename=filename,
             created_at=job.submitted_at,
             updated_at=job.submitted_at,
+            # The user our jobs are published as: only events about jobs it published count.
+            producer=broker_user(self.settings.amqp_url),
         )
         # Recorded before publishing, so that no event can ever find the job missing.
         await self.store.create(record)

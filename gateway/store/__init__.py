@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from gateway.store.base import JobRecord, StatusStore, purge_periodically, redacted
+from gateway.store.dbthread import StoreBusy
 from gateway.store.redis import SCHEMES as REDIS_SCHEMES
 from gateway.store.redis import RedisStore
 from gateway.store.redis import check_url as check_redis_url
@@ -37,6 +38,7 @@ def open_store(url: str, *, namespace: str = "stt", result_ttl: int = 0) -> Stat
 __all__ = [
     "JobRecord",
     "StatusStore",
+    "StoreBusy",
     "check_status_url",
     "open_store",
     "purge_periodically",

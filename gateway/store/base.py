@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
@@ -41,22 +41,36 @@ class JobRecord:
     worker: str | None = None
     result: TranscriptResult | None = None
     error: ErrorInfo | None = None
+    #: The broker user that published the job (``amqp.broker_user`` of the gateway for
+    #: its own jobs, ``JobEvent.producer`` for outside producers' jobs; "" for a publisher
+    #: that gave no ``user_id``); None for records made before producers were recorded.
+    producer: str | None = None
 
 
-def advance(record: JobRecord | None, event: JobEvent) -> JobRecord | None:
+def advance(record: JobRecord | None, event: JobEvent, *, result_ttl: int = 0) -> JobRecord | None:
     """The record after ``event``, or None when the event changes nothing.
 
     Status only moves forward (queued -> processing -> succeeded | failed), so a
     duplicate or late event never regresses a job; the first final event wins.
     The one step back is ``job.requeued``: the daemon running the job stopped and
     handed it back, so it is queued again (see :func:`_is_handback`).
+
+    Only the job's own producer's events count (see :func:`_is_foreign`), and an event
+    older than the retention (``result_ttl`` seconds, 0 = forever) never creates a
+    record: its job may have finished and been purged, and must stay gone.
     """
     new = event.status
     if record is None:
+        if _is_past_retention(event, result_ttl):
+            return None
         record = JobRecord(
-            id=event.job_id, status=JobStatus.QUEUED, model=event.model, created_at=event.timestamp
+            id=event.job_id,
+            status=JobStatus.QUEUED,
+            model=event.model,
+            created_at=event.timestamp,
+            producer=event.producer,
         )
-    elif _is_stale(record, event):
+    elif _is_foreign(record, event) or _is_stale(record, event):
         return None
     record.status = new
     record.updated_at = event.timestamp
@@ -81,6 +95,30 @@ def advance(record: JobRecord | None, event: JobEvent) -> JobRecord | None:
         if new is JobStatus.SUCCEEDED:
             record.progress = 1.0
     return record
+
+
+def _is_foreign(record: JobRecord, event: JobEvent) -> bool:
+    """An event about a job another broker user published.
+
+    An outside producer who publishes a job (or a body that fails) under the id of a
+    gateway's job must not fail or overwrite that job. None on either side (an old
+    record, an old daemon) cannot be told apart, so it is let through.
+    """
+    return (
+        record.producer is not None
+        and event.producer is not None
+        and record.producer != event.producer
+    )
+
+
+def _is_past_retention(event: JobEvent, result_ttl: int) -> bool:
+    """An event older than final jobs are kept: a duplicate or straggler of a purged job."""
+    if result_ttl <= 0:
+        return False
+    stamp = event.timestamp
+    if stamp.tzinfo is None:  # a producer's naive timestamp: the protocol's clock is UTC
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp < datetime.now(UTC) - timedelta(seconds=result_ttl)
 
 
 def _is_handback(record: JobRecord, event: JobEvent) -> bool:

@@ -161,7 +161,7 @@ class RedisStore:
         """Apply an event with ``advance()``, atomically across gateways."""
 
         def decide(current: JobRecord | None) -> Write | None:
-            updated = advance(current, event)
+            updated = advance(current, event, result_ttl=self._ttl)
             return None if updated is None else lambda pipe: self._put(pipe, updated)
 
         return await self._transact(event.job_id, decide)

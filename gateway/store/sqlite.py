@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from gateway.store.base import JobRecord, advance, idempotency_ttl, owner_scope
+from gateway.store.dbthread import Connection
 from stt_daemon.protocol import ErrorInfo, JobEvent, JobStatus, TranscriptResult
+
+#: Seconds a write waits for another process's lock on the database before giving up.
+LOCK_TIMEOUT = 5.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -29,7 +34,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker TEXT,
     result TEXT,
     error TEXT,
-    expires_at REAL
+    expires_at REAL,
+    producer TEXT
 )
 """
 # Retention: final jobs carry their expiry (unix seconds) and are purged past it.
@@ -52,6 +58,9 @@ _ACTIVE_INDEX = """
 CREATE INDEX IF NOT EXISTS jobs_active_by_owner ON jobs (owner)
 WHERE status IN ('queued', 'processing')
 """
+# Columns added after the first release, with their types: ALTER TABLE adds each to a
+# database made before it existed, so an old data directory keeps working.
+_ADDED_COLUMNS = {"owner": "TEXT", "expires_at": "REAL", "producer": "TEXT"}
 _COLUMNS = (
     "id",
     "status",
@@ -69,7 +78,9 @@ _COLUMNS = (
     "result",
     "error",
     "expires_at",
+    "producer",
 )
+_INSERT = f"INTO jobs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -98,6 +109,7 @@ def _row(record: JobRecord, expires_at: float | None) -> tuple[Any, ...]:
         record.result.model_dump_json() if record.result else None,
         record.error.model_dump_json() if record.error else None,
         expires_at,
+        record.producer,
     )
 
 
@@ -118,36 +130,65 @@ def _record(row: sqlite3.Row) -> JobRecord:
         worker=row["worker"],
         result=TranscriptResult.model_validate_json(row["result"]) if row["result"] else None,
         error=ErrorInfo.model_validate_json(row["error"]) if row["error"] else None,
+        producer=row["producer"],
     )
 
 
-class SQLiteStore:
-    """One connection used from the event loop.
+def _create_schema(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(_SCHEMA)
+    columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+    for name, kind in _ADDED_COLUMNS.items():
+        if name not in columns:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+    db.execute(_ACTIVE_INDEX)
+    db.execute(_EXPIRY_INDEX)
+    db.execute(_IDEMPOTENCY)
 
-    Calls are made directly on the loop: with WAL and ``synchronous=NORMAL`` a
-    read or a small write takes microseconds and never waits for an fsync, which
-    is cheaper than a hop to a thread. Each call is atomic because the loop runs
-    one at a time; several gateways on one file are serialised by SQLite's lock.
+
+def _statement(sql: str, params: tuple[Any, ...]) -> Callable[[sqlite3.Connection], None]:
+    """Work that runs one statement (and hands no cursor back across threads)."""
+
+    def work(db: sqlite3.Connection) -> None:
+        db.execute(sql, params)
+
+    return work
+
+
+def _get(db: sqlite3.Connection, job_id: str) -> JobRecord | None:
+    # One past its retention is gone even before the purge deletes it.
+    row = db.execute(
+        "SELECT * FROM jobs WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
+        (job_id, time.time()),
+    ).fetchone()
+    return _record(row) if row else None
+
+
+class SQLiteStore:
+    """Two connections, each used from a thread of its own, never from the event loop.
+
+    A write may wait up to ``lock_timeout`` seconds for another gateway process's
+    lock (then :class:`StoreBusy`); the wait blocks the writer's thread, so the event
+    loop and its other requests go on. Reads have their own connection and thread:
+    with WAL they never wait for a writer, so polls stay fast while a write waits.
+    Writes run in the order they were made, each atomic (a savepoint in the writer's
+    transaction, see ``dbthread.Connection``); a write is answered once committed.
     ``result_ttl`` (seconds, 0 = forever) is how long final jobs are kept.
     """
 
-    def __init__(self, path: Path, result_ttl: int = 0) -> None:
+    def __init__(self, path: Path, result_ttl: int = 0, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self._ttl = result_ttl
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute(_SCHEMA)
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "owner" not in columns:  # a database made before API keys existed
-            self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
-        if "expires_at" not in columns:  # a database made before retention existed
-            self._db.execute("ALTER TABLE jobs ADD COLUMN expires_at REAL")
-        self._db.execute(_ACTIVE_INDEX)
-        self._db.execute(_EXPIRY_INDEX)
-        self._db.execute(_IDEMPOTENCY)
+        self._writer = Connection(
+            path, "sqlite-store-write", lock_timeout, _create_schema, batch_writes=True
+        )
+        try:  # opened once the writer has made the schema
+            self._reader = Connection(
+                path, "sqlite-store-read", lock_timeout, lambda db: None, batch_writes=False
+            )
+        except BaseException:
+            self._writer.stop()
+            raise
 
     @classmethod
     def from_url(cls, url: str, result_ttl: int = 0) -> SQLiteStore:
@@ -166,95 +207,91 @@ class SQLiteStore:
             return time.time() + self._ttl
         return None
 
-    def _upsert(self, record: JobRecord) -> None:
-        placeholders = ",".join("?" * len(_COLUMNS))
-        self._db.execute(
-            f"INSERT OR REPLACE INTO jobs ({','.join(_COLUMNS)}) VALUES ({placeholders})",
-            _row(record, self._expiry(record)),
-        )
-
     async def create(self, record: JobRecord) -> None:
         """Insert unless the job exists already (an event may have created it)."""
-        placeholders = ",".join("?" * len(_COLUMNS))
-        self._db.execute(
-            f"INSERT OR IGNORE INTO jobs ({','.join(_COLUMNS)}) VALUES ({placeholders})",
-            _row(record, self._expiry(record)),
+        await self._writer.run(
+            _statement(f"INSERT OR IGNORE {_INSERT}", _row(record, self._expiry(record)))
         )
 
     async def discard(self, job_id: str) -> None:
         """Delete a job that was never accepted."""
-        self._db.execute("DELETE FROM jobs WHERE id = ? AND status = 'queued'", (job_id,))
+        await self._writer.run(
+            _statement("DELETE FROM jobs WHERE id = ? AND status = 'queued'", (job_id,))
+        )
 
     async def get(self, job_id: str) -> JobRecord | None:
         """Fetch one job; one past its retention is gone even before the purge deletes it."""
-        row = self._db.execute(
-            "SELECT * FROM jobs WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
-            (job_id, time.time()),
-        ).fetchone()
-        return _record(row) if row else None
+        return await self._reader.run(lambda db: _get(db, job_id))
 
     async def apply(self, event: JobEvent) -> bool:
-        """Read-modify-write in one immediate transaction (safe across processes)."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            updated = advance(await self.get(event.job_id), event)
-            if updated is not None:
-                self._upsert(updated)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        return updated is not None
+        """Read-modify-write in the writer's transaction (safe across processes)."""
+
+        def work(db: sqlite3.Connection) -> bool:
+            updated = advance(_get(db, event.job_id), event, result_ttl=self._ttl)
+            if updated is None:
+                return False
+            db.execute(f"INSERT OR REPLACE {_INSERT}", _row(updated, self._expiry(updated)))
+            return True
+
+        return await self._writer.run(work)
 
     async def count_active(self, owner: str | None) -> int:
         """Jobs of this owner still queued or processing."""
-        row = self._db.execute(
-            "SELECT COUNT(*) FROM jobs WHERE owner IS ? AND status IN ('queued', 'processing')",
-            (owner,),
-        ).fetchone()
+        row = await self._reader.run(
+            lambda db: db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE owner IS ? AND status IN ('queued', 'processing')",
+                (owner,),
+            ).fetchone()
+        )
         return int(row[0])
 
     async def claim_idempotency(self, owner: str | None, key: str, job_id: str) -> str | None:
-        """Insert the binding unless a live one exists, in one immediate transaction."""
-        scope, now = owner_scope(owner), time.time()
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.execute(
+        """Insert the binding unless a live one exists (in the writer's transaction)."""
+        scope = owner_scope(owner)
+
+        def work(db: sqlite3.Connection) -> str:
+            now = time.time()
+            db.execute(
                 "DELETE FROM idempotency WHERE scope = ? AND key = ? AND expires_at <= ?",
                 (scope, key, now),
             )
-            self._db.execute(
+            db.execute(
                 "INSERT OR IGNORE INTO idempotency (scope, key, job_id, expires_at) "
                 "VALUES (?, ?, ?, ?)",
                 (scope, key, job_id, now + idempotency_ttl(self._ttl)),
             )
-            row = self._db.execute(
+            row = db.execute(
                 "SELECT job_id FROM idempotency WHERE scope = ? AND key = ?", (scope, key)
             ).fetchone()
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        bound = str(row[0])
+            return str(row[0])
+
+        bound = await self._writer.run(work)
         return None if bound == job_id else bound
 
     async def release_idempotency(self, owner: str | None, key: str) -> None:
         """Delete the binding."""
-        self._db.execute(
-            "DELETE FROM idempotency WHERE scope = ? AND key = ?", (owner_scope(owner), key)
+        await self._writer.run(
+            _statement(
+                "DELETE FROM idempotency WHERE scope = ? AND key = ?", (owner_scope(owner), key)
+            )
         )
 
     async def purge_expired(self) -> int:
         """Delete final jobs and idempotency keys past their expiry."""
-        now = time.time()
-        jobs = self._db.execute("DELETE FROM jobs WHERE expires_at <= ?", (now,)).rowcount
-        self._db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
-        return int(jobs)
+
+        def work(db: sqlite3.Connection) -> int:
+            now = time.time()
+            jobs = db.execute("DELETE FROM jobs WHERE expires_at <= ?", (now,)).rowcount
+            db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
+            return int(jobs)
+
+        return await self._writer.run(work)
 
     async def ping(self) -> None:
-        """A trivial query."""
-        self._db.execute("SELECT 1").fetchone()
+        """A trivial query (on the reader: it answers even while a write waits for a lock)."""
+        await self._reader.run(lambda db: db.execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
-        """Close the connection."""
-        self._db.close()
+        """Close both connections."""
+        await self._reader.close()
+        await self._writer.close()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from gateway.config import GatewaySettings
-from gateway.store import JobRecord, StatusStore, open_store, redacted
+from gateway.store import JobRecord, StatusStore, StoreBusy, open_store, redacted
+from gateway.store.sqlite import SQLiteStore
 from stt_daemon.localbroker import free_port
 from stt_daemon.protocol import (
     ErrorCode,
@@ -331,3 +333,205 @@ def test_passwords_stay_out_of_messages_and_logs() -> None:
     assert "s3cret" not in str(caught.value) and "cache" in str(caught.value)
     assert redacted("redis://user:s3cret@cache:6379/0") == "redis://user:***@cache:6379/0"
     assert redacted("sqlite:////data/status.db") == "sqlite:////data/status.db"
+
+
+async def test_events_of_another_producer_change_nothing(backend: Backend) -> None:
+    """An outside producer reusing a gateway job's id (as message_id) cannot touch the job."""
+    store = backend.open()
+    await store.create(JobRecord(id="j1", status=JobStatus.QUEUED, owner="a", producer="gw"))
+    failure = ErrorInfo(code=ErrorCode.BAD_AUDIO, message="not audio")
+    for producer in ("mallory", ""):  # another user; a publisher that gave no user_id
+        assert not await store.apply(_event(EventType.FAILED, error=failure, producer=producer))
+        assert not await store.apply(_event(EventType.STARTED, producer=producer))
+    record = await store.get("j1")
+    assert record is not None and record.status is JobStatus.QUEUED and record.error is None
+    assert await store.count_active("a") == 1
+    # The job's own producer's events still count.
+    assert await store.apply(_event(EventType.SUCCEEDED, result=RESULT, producer="gw"))
+    record = await store.get("j1")
+    assert record is not None and record.status is JobStatus.SUCCEEDED and record.producer == "gw"
+
+
+async def test_jobs_created_by_events_belong_to_their_producer(backend: Backend) -> None:
+    store = backend.open()
+    assert await store.apply(_event(EventType.STARTED, job_id="outside", producer="acme"))
+    assert not await store.apply(_event(EventType.FAILED, job_id="outside", producer="mallory"))
+    assert await store.apply(_event(EventType.PROGRESS, job_id="outside", progress=0.5))
+    await store.close()
+    backend.opened.remove(store)
+    record = await backend.open().get("outside")  # the producer is stored, not only held
+    assert record is not None and record.producer == "acme"
+    assert record.status is JobStatus.PROCESSING and record.progress == 0.5
+
+
+async def test_a_producer_unknown_on_either_side_does_not_block_events(backend: Backend) -> None:
+    """Records made before producers were recorded, and events of old daemons, still apply."""
+    store = backend.open()
+    await _with_job(store, "old-record")  # producer None
+    assert await store.apply(_event(EventType.STARTED, job_id="old-record", producer="gw"))
+    await store.create(JobRecord(id="new-record", status=JobStatus.QUEUED, producer="gw"))
+    assert await store.apply(_event(EventType.STARTED, job_id="new-record"))  # producer None
+    old = await store.get("old-record")
+    assert old is not None and old.producer is None  # not claimed by the first event
+
+
+async def test_sqlite_adds_the_producer_column_to_an_old_database(tmp_path: Path) -> None:
+    """A data directory from before producers (no ``producer`` column) keeps working."""
+    path = tmp_path / "status.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, owner TEXT, model TEXT,"
+            " options TEXT, filename TEXT, created_at TEXT, started_at TEXT, finished_at TEXT,"
+            " updated_at TEXT, progress REAL NOT NULL DEFAULT 0, attempts INTEGER NOT NULL"
+            " DEFAULT 0, worker TEXT, result TEXT, error TEXT, expires_at REAL)"
+        )
+        db.execute("INSERT INTO jobs (id, status) VALUES ('before', 'queued')")
+    store = open_store(f"sqlite:///{path}")
+    try:
+        before = await store.get("before")
+        assert before is not None and before.producer is None
+        assert await store.apply(_event(EventType.STARTED, job_id="before", producer="gw"))
+        await store.create(JobRecord(id="after", status=JobStatus.QUEUED, producer="gw"))
+        after = await store.get("after")
+        assert after is not None and after.producer == "gw"
+    finally:
+        await store.close()
+
+
+async def test_a_late_event_does_not_bring_back_a_purged_job(backend: Backend) -> None:
+    store = backend.open(result_ttl=1)
+    await _with_job(store, "done")
+    final = _event(EventType.SUCCEEDED, job_id="done", result=RESULT)
+    assert await store.apply(final)
+
+    async def gone() -> bool:
+        return await store.get("done") is None
+
+    await _wait_until(gone)
+    await store.purge_expired()
+    # A redelivered final event, a straggling progress report: older than the retention.
+    assert not await store.apply(final)
+    late = _event(EventType.PROGRESS, job_id="done", progress=0.9, timestamp=final.timestamp)
+    assert not await store.apply(late)
+    assert await store.get("done") is None
+
+
+async def test_events_older_than_the_retention_create_no_job(backend: Backend) -> None:
+    store = backend.open(result_ttl=60)
+    now = datetime.now(UTC)
+    old = _event(EventType.STARTED, job_id="old", timestamp=now - timedelta(seconds=120))
+    naive = _event(
+        EventType.STARTED,
+        job_id="naive",
+        timestamp=(now - timedelta(seconds=120)).replace(tzinfo=None),
+    )
+    recent = _event(EventType.STARTED, job_id="recent", timestamp=now - timedelta(seconds=30))
+    assert not await store.apply(old)
+    assert not await store.apply(naive)
+    assert await store.apply(recent)
+    assert await store.get("old") is None and await store.get("naive") is None
+    assert await store.get("recent") is not None
+    # A job the store still has takes its old events as before.
+    await _with_job(store, "kept")
+    assert await store.apply(
+        _event(EventType.STARTED, job_id="kept", timestamp=now - timedelta(seconds=120))
+    )
+    # Without retention nothing is too old.
+    forever = backend.open(result_ttl=0)
+    assert await forever.apply(old)
+
+
+class Ticker:
+    """Measures the longest the event loop went without running this task."""
+
+    def __init__(self) -> None:
+        self.longest_gap = 0.0
+        self._task = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            self.longest_gap = max(self.longest_gap, now - last)
+            last = now
+
+    async def stop(self) -> float:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        return self.longest_gap
+
+
+def _lock(path: Path) -> sqlite3.Connection:
+    """Another process's writer, as a second connection holding the write lock."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    other.execute("INSERT INTO idempotency VALUES ('x', 'x', 'x', 0)")
+    return other
+
+
+async def test_sqlite_waits_for_a_lock_without_blocking_the_event_loop(tmp_path: Path) -> None:
+    """A write waits for another process's lock off the loop; reads still answer meanwhile."""
+    store = open_store(f"sqlite:///{tmp_path}/status.db")
+    try:
+        await _with_job(store)
+        other = _lock(tmp_path / "status.db")
+        ticker = Ticker()
+        write = asyncio.create_task(store.apply(_event(EventType.STARTED)))
+        await asyncio.sleep(2.5)
+        assert not write.done(), "the write did not wait for the lock"
+        started = time.monotonic()
+        record = await store.get("j1")
+        assert record is not None and record.status is JobStatus.QUEUED
+        assert await store.count_active(None) == 1
+        assert time.monotonic() - started < 0.2, "a read waited behind the locked write"
+        other.execute("COMMIT")
+        other.close()
+        assert await asyncio.wait_for(write, 2.0)
+        assert await ticker.stop() < 0.2, "the event loop was blocked"
+        record = await store.get("j1")
+        assert record is not None and record.status is JobStatus.PROCESSING
+    finally:
+        await store.close()
+
+
+async def test_sqlite_gives_up_on_a_lock_held_too_long(tmp_path: Path) -> None:
+    """Past ``lock_timeout`` a write fails with StoreBusy, which says what happened."""
+    store = SQLiteStore(tmp_path / "status.db", lock_timeout=0.5)
+    other = _lock(tmp_path / "status.db")
+    try:
+        ticker = Ticker()
+        started = time.monotonic()
+        with pytest.raises(StoreBusy, match=r"locked by another process for 0\.5 s"):
+            await _with_job(store)
+        assert 0.4 < time.monotonic() - started < 2.0
+        assert await ticker.stop() < 0.2
+        other.execute("ROLLBACK")
+        await _with_job(store)  # the lock is gone: the next write goes through
+        assert await store.get("j1") is not None
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_sqlite_writes_made_together_fail_alone(tmp_path: Path) -> None:
+    """Concurrent writes share a transaction; one that raises takes none of the others down."""
+    store = open_store(f"sqlite:///{tmp_path}/status.db")
+    try:
+        for n in range(10):
+            await _with_job(store, f"j{n}")
+        with sqlite3.connect(tmp_path / "status.db") as db:  # a row that will not load
+            db.execute("UPDATE jobs SET result = 'not json' WHERE id = 'j3'")
+        outcomes = await asyncio.gather(
+            *(store.apply(_event(EventType.STARTED, job_id=f"j{n}")) for n in range(10)),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[3], ValidationError)
+        assert [o for n, o in enumerate(outcomes) if n != 3] == [True] * 9
+        assert await store.count_active(None) == 10
+        for n in (0, 9):
+            record = await store.get(f"j{n}")
+            assert record is not None and record.status is JobStatus.PROCESSING
+    finally:
+        await store.close()
