@@ -11,11 +11,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from gateway.broker import BrokerUnavailable, QueueFull, UnroutableJob
+from gateway.store import StoreBusy
 
 log = structlog.get_logger("gateway.errors")
 
 #: The original API's 429 detail, kept byte for byte.
 QUEUE_FULL_DETAIL = "Queue limit reached"
+#: All a client learns of an unexpected exception (the log has the rest, under the request id).
+INTERNAL_ERROR_DETAIL = "internal server error"
+
+
+def internal_error() -> JSONResponse:
+    """The 500 of an unexpected exception: no exception text, no stack trace."""
+    return JSONResponse({"detail": INTERNAL_ERROR_DETAIL}, status_code=500)
 
 
 def openai_error(
@@ -69,8 +77,9 @@ def install_error_handlers(app: FastAPI, retry_after: int) -> None:
         return try_later("the status store is unavailable; try again shortly")
 
     async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # Reached only without RequestIdMiddleware, which answers the 500 itself (with its id).
         log.exception("request.failed", path=request.url.path)
-        return JSONResponse({"detail": "internal server error"}, status_code=500)
+        return internal_error()
 
     app.add_exception_handler(QueueFull, queue_full)
     app.add_exception_handler(BrokerUnavailable, unavailable)
@@ -79,4 +88,6 @@ def install_error_handlers(app: FastAPI, retry_after: int) -> None:
     # Redis down or unreachable (both subclass redis' own error, not the builtins).
     app.add_exception_handler(redis.exceptions.ConnectionError, store_down)
     app.add_exception_handler(redis.exceptions.TimeoutError, store_down)
+    # Another gateway process held the SQLite database's lock past our wait.
+    app.add_exception_handler(StoreBusy, store_down)
     app.add_exception_handler(Exception, internal)

@@ -1,7 +1,9 @@
 """Request ids: ``X-Request-ID`` in, on every log line of the request, and out; one access line.
 
 The access line also names the job a request submitted (``job_id``, bound by
-``Services.submit``), websocket sessions included.
+``Services.submit``), websocket sessions included. An exception the app does not
+handle is logged here with the request's id and answered with the gateway's JSON
+500, which carries the id too (never the exception's text).
 
 A pure ASGI middleware (no ``BaseHTTPMiddleware``: that runs the app in another
 task and buffers nothing we need). The id a client or proxy sends is kept when
@@ -20,7 +22,10 @@ import structlog
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.errors import internal_error
+
 log = structlog.get_logger("gateway.access")
+errors_log = structlog.get_logger("gateway.errors")
 
 HEADER = "X-Request-ID"
 #: What a sane id looks like: a UUID, a hex trace id, a load balancer's token.
@@ -64,21 +69,29 @@ class RequestIdMiddleware:
             return
         request_id = request_id_of(Headers(scope=scope))
         status = 500  # what the client gets if the app raises before answering
+        answered = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
                 MutableHeaders(scope=message)[HEADER] = request_id
             await send(message)
 
-        # Bound, not scoped: if the app raises, the server-error handler (outside
-        # every middleware) logs the failure and should still carry the id. Each
-        # request runs in a task of its own under uvicorn, so nothing leaks.
+        # Bound, not scoped: lines logged after the app (the access line, a failure)
+        # carry the id too. Each request runs in a task of its own under uvicorn, so
+        # nothing leaks.
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            if answered:
+                raise  # too late for another answer: the server closes the connection
+            # Answered here, not by the server-error handler outside every middleware,
+            # so that the 500 carries the id a client can quote and we can find.
+            errors_log.exception("request.failed", method=scope["method"], path=scope["path"])
+            await internal_error()(scope, receive, send_with_id)
         finally:
             # structlog runs its processors before the stdlib level check drops a line;
             # asking first spares every request that work when access lines are off.
