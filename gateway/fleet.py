@@ -2,7 +2,9 @@
 
 A daemon announces itself every ``STT_ANNOUNCE_INTERVAL`` seconds; one not heard
 for three intervals (killed, partitioned) drops out, and one that says
-``daemon.down`` at shutdown drops out at once.
+``daemon.down`` at shutdown drops out at once. Daemons coming and going are
+logged, and so are announcements that do not decode (the first, then a count a
+minute): a daemon of another version, or something else publishing ``daemon.*``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from pydantic import ValidationError
 
 from stt_daemon.protocol import JSON_CONTENT_TYPE, DaemonAnnouncement
 from stt_daemon.topology import Names
@@ -21,6 +24,8 @@ log = structlog.get_logger("gateway.fleet")
 
 #: Announcements missed before a daemon counts as gone.
 MISSED_BEFORE_GONE = 3
+#: Seconds between two log lines about announcements that do not decode.
+BAD_LOG_EVERY = 60.0
 
 
 @dataclass
@@ -42,6 +47,10 @@ class Fleet:
     def __init__(self, names: Names) -> None:
         self._names = names
         self._seen: dict[str, Seen] = {}
+        #: Announcements that did not decode, in all and since the last line about them.
+        self.bad = 0
+        self._bad_unlogged = 0
+        self._bad_logged_at: float | None = None
 
     async def start(self, connection: AbstractRobustConnection) -> None:
         """Listen for announcements, then ask every daemon to announce itself now."""
@@ -58,14 +67,39 @@ class Fleet:
         try:
             announcement = DaemonAnnouncement.model_validate_json(message.body)
         except ValueError as exc:
-            log.warning("fleet.bad_announcement", error=str(exc))
+            self._bad_announcement(message, exc)
             return
+        previous = self._seen.get(announcement.worker)
         self._seen[announcement.worker] = Seen(announcement, time.monotonic())
+        if announcement.state == "down":
+            log.info("fleet.daemon_down", worker=announcement.worker)
+        elif previous is None or previous.announcement.state == "down":
+            log.info("fleet.daemon_up", worker=announcement.worker, models=announcement.models)
+
+    def _bad_announcement(self, message: AbstractIncomingMessage, exc: ValueError) -> None:
+        """Log it: the first at once, later ones as a count at most once a minute."""
+        self.bad += 1
+        self._bad_unlogged += 1
+        now = time.monotonic()
+        if self._bad_logged_at is not None and now - self._bad_logged_at < BAD_LOG_EVERY:
+            return
+        errors = exc.errors() if isinstance(exc, ValidationError) else []
+        log.warning(
+            "fleet.bad_announcement",
+            # Where it came from and what is wrong, not the body: anyone may publish it.
+            routing_key=message.routing_key,
+            user_id=message.user_id,
+            error=(errors[0]["msg"] if errors else str(exc))[:200],
+            count=self._bad_unlogged,
+        )
+        self._bad_logged_at, self._bad_unlogged = now, 0
 
     def workers(self) -> list[DaemonAnnouncement]:
         """Announcements of the daemons alive now (stale ones are forgotten)."""
         now = time.monotonic()
         for worker in [w for w, seen in self._seen.items() if not seen.alive(now)]:
+            if self._seen[worker].announcement.state == "up":
+                log.info("fleet.daemon_lost", worker=worker, reason="no announcement heard")
             del self._seen[worker]
         return [seen.announcement for seen in self._seen.values()]
 

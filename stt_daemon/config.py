@@ -175,6 +175,9 @@ class DaemonSettings(CommonSettings):
     engine: Literal["whisper", "standin"] = "whisper"
     #: Stand-in engine: seconds of (idle) wall time per second of audio.
     standin_rtf: float = Field(default=0.05, ge=0)
+    #: Seconds the event loop may go without a beat before ``/livez`` answers 503
+    #: (the loop watchdog beats every second; see metrics.py).
+    loop_stall_seconds: float = Field(default=30.0, gt=0)
 
     @property
     def resolved_work_dir(self) -> Path:

@@ -4,6 +4,10 @@ Daemons announce what they serve every ``STT_ANNOUNCE_INTERVAL`` seconds (and at
 once when a gateway says hello), so gateways know which models live daemons
 serve. Cancellations come from a stream that every daemon reads from its start,
 so that a daemon started after a job was cancelled still skips it.
+
+An announcement that cannot be published (broker down, blocked, a closed channel)
+is retried at the next interval; the first failure is logged, then a reminder a
+minute while it lasts, then the recovery: never a line a second, never silence.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
@@ -18,6 +23,7 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
+from stt_daemon.amqp import broker_user
 from stt_daemon.config import DaemonSettings
 from stt_daemon.engine import Engine
 from stt_daemon.protocol import (
@@ -69,6 +75,52 @@ class Cancellations:
             self._running.pop(job_id, None)
 
 
+class Outage:
+    """Logs a recurring action's failures: the first, a reminder every ``every`` s, the recovery."""
+
+    def __init__(
+        self,
+        name: str,
+        every: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._name = name
+        self._every = every
+        self._clock = clock
+        self.failures = 0
+        self._since: float | None = None
+        self._logged = 0.0
+
+    def failed(self, exc: BaseException) -> None:
+        """One more failure; logged if it is the first or the last line is old enough."""
+        now = self._clock()
+        self.failures += 1
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if self._since is None:
+            self._since = self._logged = now
+            log.warning(f"{self._name}_failed", error=error)
+        elif now - self._logged >= self._every:
+            self._logged = now
+            log.warning(
+                f"{self._name}_still_failing",
+                error=error,
+                failures=self.failures,
+                for_s=round(now - self._since, 1),
+            )
+
+    def succeeded(self) -> None:
+        """It worked: say so once if it had been failing."""
+        if self._since is None:
+            return
+        log.info(
+            f"{self._name}_recovered",
+            failures=self.failures,
+            after_s=round(self._clock() - self._since, 1),
+        )
+        self.failures = 0
+        self._since = None
+
+
 class ControlPlane:
     """Announces this daemon and feeds :class:`Cancellations` from the stream."""
 
@@ -87,6 +139,9 @@ class ControlPlane:
         self._exchange: AbstractExchange | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._last_heard = 0.0
+        # Gateways believe what a broker-checked user says; the same user as our events.
+        self._user = broker_user(settings.amqp_url)
+        self._outage = Outage("control.announce")
 
     async def start(self, consume: AbstractChannel, exchange: AbstractExchange) -> None:
         """Start listening and announcing; ``exchange`` is the control exchange (confirms on)."""
@@ -126,13 +181,21 @@ class ControlPlane:
         await message.ack()
 
     async def _on_hello(self, message: AbstractIncomingMessage) -> None:
-        await self.announce()
+        await self._announce_logged()
 
     async def _announce_forever(self) -> None:
         while True:
-            with contextlib.suppress(Exception):
-                await self.announce()
+            await self._announce_logged()
             await asyncio.sleep(self._settings.announce_interval)
+
+    async def _announce_logged(self) -> None:
+        """Announce; a failure is logged (rate-limited) and left to the next interval."""
+        try:
+            await self.announce()
+        except Exception as exc:
+            self._outage.failed(exc)
+        else:
+            self._outage.succeeded()
 
     async def announce(self, state: str = "up") -> None:
         """Publish one announcement (transient: an old one is worthless)."""
@@ -153,6 +216,7 @@ class ControlPlane:
             content_type=JSON_CONTENT_TYPE,
             delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
             expiration=interval * 3,
+            user_id=self._user,
         )
         async with asyncio.timeout(self._settings.publish_timeout):
             await self._exchange.publish(message, routing_key=f"daemon.{body.state}")
@@ -163,5 +227,8 @@ class ControlPlane:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        with contextlib.suppress(Exception):
+        try:
             await self.announce("down")
+        except Exception as exc:
+            # Gateways then drop this daemon after three silent intervals instead.
+            log.warning("control.goodbye_failed", error=f"{type(exc).__name__}: {exc}")

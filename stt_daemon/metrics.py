@@ -1,17 +1,28 @@
-"""The daemon's Prometheus metrics, served on ``STT_METRICS_PORT`` by a tiny HTTP thread.
+"""The daemon's metrics and liveness, served on ``STT_METRICS_PORT`` by a tiny HTTP thread.
 
 Each :class:`DaemonMetrics` has a registry of its own (not the process-global
 default), so that several handlers in one test process never share counts.
+
+The server runs in its own thread, so it would answer while the event loop is
+stuck (a blocking call on the loop, a deadlock): ``/livez`` asks the
+:class:`LoopWatchdog` instead, which a task on the loop stamps every second, and
+answers 503 once the stamp is older than ``STT_LOOP_STALL_SECONDS``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterable, Iterator
-from typing import Literal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
+from typing import Any, Literal
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 log = structlog.get_logger("stt_daemon.metrics")
 
@@ -26,6 +37,60 @@ Outcome = Literal[
 TRANSCRIBE_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 #: Processing seconds per audio second: 0.05 is a fast GPU, above 1 falls behind real time.
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
+#: Paths of the liveness answer (``/healthz`` as the gateway names it); any other is metrics.
+LIVENESS_PATHS = ("/livez", "/healthz")
+
+
+class LoopWatchdog:
+    """Knows when the event loop last ran a beat: the daemon's sign of life."""
+
+    def __init__(self, stall_after: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        self.stall_after = stall_after
+        self._clock = clock
+        #: When the loop last beat; None until :meth:`run` starts (then nothing is judged).
+        self._stamp: float | None = None
+
+    def beat(self) -> None:
+        """The loop is running (called on the loop)."""
+        self._stamp = self._clock()
+
+    def verdict(self) -> tuple[bool, str]:
+        """(alive?, why), from any thread: stalled when the last beat is too old."""
+        stamp = self._stamp
+        if stamp is None:
+            return True, "ok (loop not watched yet)"
+        age = self._clock() - stamp
+        if age > self.stall_after:
+            return (
+                False,
+                f"event loop stalled: no beat for {age:.1f} s (limit {self.stall_after:g} s)",
+            )
+        return True, f"ok (loop beat {age:.1f} s ago)"
+
+    async def run(self, interval: float = 1.0) -> None:
+        """Beat every ``interval`` seconds until cancelled; log a stall once it is over."""
+        while True:
+            last, now = self._stamp, self._clock()
+            self._stamp = now
+            if last is not None and now - last > self.stall_after:
+                # Said once it is over: while stalled, nothing on the loop can speak.
+                log.error(
+                    "daemon.loop_stalled", stalled_s=round(now - last, 1), limit_s=self.stall_after
+                )
+            await asyncio.sleep(interval)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access line per scrape or probe on stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """One thread a request, none of them keeping the process alive."""
+
+    daemon_threads = True
 
 
 class DaemonMetrics:
@@ -34,6 +99,9 @@ class DaemonMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._models: frozenset[str] | None = None
+        #: What ``/livez`` answers from; the daemon runs its beat on its loop.
+        self.watchdog = LoopWatchdog()
+        self._server: WSGIServer | None = None
         self.jobs = Counter(
             "stt_daemon_jobs",
             "Deliveries handled, by outcome (failures by error code).",
@@ -107,13 +175,42 @@ class DaemonMetrics:
             gauge.dec()
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
-        """Serve ``/metrics`` on ``port`` in a daemon thread (0 = do not serve)."""
+        """Serve ``/metrics`` and ``/livez`` on ``port`` in a daemon thread (0 = do not serve)."""
         if port == 0:
             return
         try:
-            start_http_server(port, addr=addr, registry=self.registry)
+            family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]
+            server_class = type("Server", (_Server,), {"address_family": family})
+            self._server = make_server(
+                addr, port, self._app(), server_class, handler_class=_QuietHandler
+            )
         except OSError as exc:
             # Transcribing matters more than being scraped: say so and go on.
             log.error("metrics.not_served", port=port, error=str(exc))
             return
+        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
         log.info("metrics.serving", port=port, host=addr)
+
+    def close(self) -> None:
+        """Stop serving (tests; a daemon's server lives as long as its process)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def _app(self) -> Callable[..., list[bytes]]:
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+            if environ.get("PATH_INFO") not in LIVENESS_PATHS:
+                return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+            alive, why = self.watchdog.verdict()
+            body = (why + "\n").encode()
+            headers = [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+            ]
+            start_response("200 OK" if alive else "503 Service Unavailable", headers)
+            return [body]
+
+        return app

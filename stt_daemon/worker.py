@@ -82,7 +82,26 @@ class Daemon:
         self._stop.set()
 
     async def run(self) -> None:
-        """Serve until request_stop(), then shut down in steps."""
+        """Serve until request_stop(), then shut down in steps; chores run meanwhile."""
+        chores = self._start_chores()
+        try:
+            await self._serve()
+        finally:
+            for task in chores:
+                task.cancel()
+            await asyncio.gather(*chores, return_exceptions=True)
+
+    def _start_chores(self) -> list[asyncio.Task[None]]:
+        """The loop's beat behind ``/livez``."""
+        settings = self._settings
+        chores = []
+        if self._metrics is not None:
+            # First: a loop stuck from now on, in connecting too, fails the liveness probe.
+            self._metrics.watchdog.stall_after = settings.loop_stall_seconds
+            chores.append(asyncio.create_task(self._metrics.watchdog.run(), name="watchdog"))
+        return chores
+
+    async def _serve(self) -> None:
         settings = self._settings
         try:
             connections = [
