@@ -178,6 +178,9 @@ class DaemonSettings(CommonSettings):
     #: Seconds the event loop may go without a beat before ``/livez`` answers 503
     #: (the loop watchdog beats every second; see metrics.py).
     loop_stall_seconds: float = Field(default=30.0, gt=0)
+    #: Seconds the audio of a dead-lettered job is kept for a replay (``stt-dead``), as
+    #: long as the gateways keep final jobs; 0 = for ever (see deadletters.py).
+    result_ttl: int = Field(default=7 * 24 * 3600, ge=0)
 
     @property
     def resolved_work_dir(self) -> Path:

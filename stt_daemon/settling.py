@@ -3,6 +3,10 @@
 The order is the guarantee: a job is acked only after its final event is
 confirmed, and its audio is deleted only after the ack. The handler decides
 *what* happened to a job; this module says it to the world in that order.
+
+Audio is deleted only when it is verifiably the job's own (size and sha256 as its
+claim check says): a claim check may name any file of the store, another job's
+too. A dead-lettered job keeps its audio for a replay (deadletters.py).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import ChannelInvalidStateError
 
-from stt_daemon.blobs import BlobStore
+from stt_daemon import deadletters
+from stt_daemon.blobs import BlobError, BlobStore
 from stt_daemon.checkpoints import Checkpoint, CheckpointStore
 from stt_daemon.events import EventPublisher
 from stt_daemon.handback import Handback
@@ -138,7 +143,7 @@ class Settler:
     async def finish(
         self, message: AbstractIncomingMessage, job: InboundJob, final: JobEvent, *, ack: bool
     ) -> None:
-        """Publish the final event (and RPC reply), then ack or dead-letter, then drop the blob."""
+        """Publish the final event (and RPC reply), then ack (audio dropped) or dead-letter."""
         if delivery_lost(message):
             # The broker closed our channel (missed heartbeats while this process was
             # stopped, a network cut) and handed the job to another daemon. This
@@ -149,9 +154,10 @@ class Settler:
         await self.reply(message, final)
         if ack:
             await message.ack()
+            await self._drop_audio(job)
         else:
             await message.reject(requeue=False)  # -> dead-letter exchange
-        self._drop_audio(job)
+            await self._keep_audio(message, job, final)
 
     async def reply(self, message: AbstractIncomingMessage, final: JobEvent) -> None:
         """RPC reply when asked for; a caller that went away must not fail the job."""
@@ -167,7 +173,7 @@ class Settler:
         if delivery_lost(message):
             raise DeliveryLost(job.job_id)
         await message.ack()
-        self._drop_audio(job)
+        await self._drop_audio(job)
 
     async def hand_back(
         self,
@@ -203,8 +209,33 @@ class Settler:
         except Exception as exc:
             log.info("requeue.skipped", error=str(exc))
 
-    def _drop_audio(self, job: InboundJob) -> None:
+    async def _drop_audio(self, job: InboundJob) -> None:
+        """After an ack: the job is done with, and so is its audio if it is its own."""
         if self._checkpoints is not None:
             self._checkpoints.drop(job)  # settled: no one resumes it any more
         if job.message.audio is not None:
-            self._blobs.delete(job.message.audio.url)
+            await asyncio.to_thread(self._delete_if_own, job)
+
+    def _delete_if_own(self, job: InboundJob) -> None:
+        ref = job.message.audio
+        assert ref is not None
+        try:
+            self._blobs.verified_path(ref)
+        except BlobError as exc:
+            # Missing already, or not what this job says: perhaps another job's file.
+            log.info("blob.not_deleted", url=ref.url, reason=str(exc))
+            return
+        self._blobs.delete(ref.url)
+
+    async def _keep_audio(
+        self, message: AbstractIncomingMessage, job: InboundJob, final: JobEvent
+    ) -> None:
+        """After a dead-letter: keep the audio for a replay, marked for the retention sweep."""
+        if self._checkpoints is not None:
+            self._checkpoints.drop(job)
+        key = message.message_id or job.job_id
+        try:
+            await asyncio.to_thread(deadletters.keep, self._blobs, key, job, final.error)
+        except OSError as exc:
+            # Unmarked audio is kept for good: better than a job settled twice.
+            log.warning("blob.not_marked", error=f"{type(exc).__name__}: {exc}")

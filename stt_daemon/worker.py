@@ -14,6 +14,7 @@ from stt_daemon import amqp
 from stt_daemon.blobs import BlobStore
 from stt_daemon.config import DaemonSettings
 from stt_daemon.control import Cancellations, ControlPlane
+from stt_daemon.deadletters import sweep_periodically
 from stt_daemon.engine import Engine
 from stt_daemon.events import EventPublisher
 from stt_daemon.fanout import FanOut
@@ -92,13 +93,16 @@ class Daemon:
             await asyncio.gather(*chores, return_exceptions=True)
 
     def _start_chores(self) -> list[asyncio.Task[None]]:
-        """The loop's beat behind ``/livez``."""
+        """The loop's beat behind ``/livez`` and the sweep of dead letters' old audio."""
         settings = self._settings
         chores = []
         if self._metrics is not None:
             # First: a loop stuck from now on, in connecting too, fails the liveness probe.
             self._metrics.watchdog.stall_after = settings.loop_stall_seconds
             chores.append(asyncio.create_task(self._metrics.watchdog.run(), name="watchdog"))
+        if settings.result_ttl > 0:
+            sweep = sweep_periodically(BlobStore(settings.resolved_blob_url), settings.result_ttl)
+            chores.append(asyncio.create_task(sweep, name="dead-audio-sweep"))
         return chores
 
     async def _serve(self) -> None:
