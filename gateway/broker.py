@@ -45,6 +45,8 @@ class BrokerLink:
 
     def __init__(self, settings: GatewaySettings, role: str = "publish") -> None:
         self._settings = settings
+        self._signer = settings.claim_signer
+        self._user = settings.broker_user
         self._role = role
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
@@ -114,8 +116,13 @@ class BrokerLink:
         """Publish a job and wait for the broker's confirm; raise a named error otherwise."""
         if not self.ready or self.topology is None:
             raise BrokerUnavailable("the message broker is not reachable")
+        body = job.model_dump_json(exclude_none=True).encode()
         message = aio_pika.Message(
-            job.model_dump_json(exclude_none=True).encode(),
+            body,
+            # Signed (with STT_CLAIM_SECRET) so that daemons run only claim checks
+            # that a gateway wrote; user_id says, checked by the broker, who sent it.
+            headers=self._signer.sign(body),
+            user_id=self._user,
             content_type=JSON_CONTENT_TYPE,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=job.job_id,
@@ -191,6 +198,7 @@ class BrokerLink:
             content_type=JSON_CONTENT_TYPE,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=f"{request.job_id}:cancel",
+            user_id=self._user,
         )
         try:
             async with asyncio.timeout(self._settings.publish_timeout):

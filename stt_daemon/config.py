@@ -8,10 +8,11 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from stt_daemon.amqp import redact, split_urls, uses_guest_remotely
+from stt_daemon.amqp import broker_user, redact, split_urls, uses_guest_remotely
+from stt_daemon.claims import ClaimSigner
 from stt_daemon.cores import usable_cores
 from stt_daemon.topology import Names, QueueLimits, check_model_name
 
@@ -51,6 +52,21 @@ class CommonSettings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     #: Seconds between two announcements of a daemon; three missed = gone.
     announce_interval: float = Field(default=5.0, gt=0)
+    #: Key of the HMAC that gateways put on claim checks and daemons check (the same
+    #: on all of them). Set, daemons refuse unsigned claim checks; unset, they trust
+    #: whoever may publish to the broker (stt_daemon/claims.py).
+    claim_secret: SecretStr | None = None
+
+    @property
+    def broker_user(self) -> str:
+        """The broker user this process connects as (the ``user_id`` it publishes with)."""
+        return broker_user(self.amqp_url)
+
+    @property
+    def claim_signer(self) -> ClaimSigner:
+        """Signs and checks claim checks with ``claim_secret``."""
+        secret = self.claim_secret
+        return ClaimSigner(secret.get_secret_value() if secret is not None else None)
 
     @field_validator("amqp_url")
     @classmethod

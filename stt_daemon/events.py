@@ -30,8 +30,14 @@ def message_id(event: JobEvent) -> str:
     return event.event_id
 
 
-def event_message(event: JobEvent, *, correlation_id: str | None = None) -> aio_pika.Message:
-    """The AMQP message of an event: persistent, except progress (superseded within seconds)."""
+def event_message(
+    event: JobEvent, *, correlation_id: str | None = None, user_id: str | None = None
+) -> aio_pika.Message:
+    """The AMQP message of an event: persistent, except progress (superseded within seconds).
+
+    ``user_id`` is the daemon's broker user: RabbitMQ checks it, and the status store
+    and webhook sender accept events only from the users they trust.
+    """
     persistent = event.event is not EventType.PROGRESS
     return aio_pika.Message(
         event.model_dump_json(exclude_none=True).encode(),
@@ -41,6 +47,7 @@ def event_message(event: JobEvent, *, correlation_id: str | None = None) -> aio_
         ),
         message_id=message_id(event),
         correlation_id=correlation_id,
+        user_id=user_id,
         type=event.event.value,
         timestamp=event.timestamp,
         headers={"job_id": event.job_id, "model": event.model or ""},
@@ -56,17 +63,25 @@ class EventPublisher:
         exchange: AbstractExchange,
         timeout: float,
         connection: AbstractConnection | None = None,
+        *,
+        user_id: str | None = None,
+        namespace: str | None = None,
     ) -> None:
         self._channel = channel
         self._exchange = exchange
         self._timeout = timeout
         self._connection = connection
+        self._user_id = user_id
+        #: Prefix of our own queues, which a ``reply_to`` must never name.
+        self._own_prefix = f"{namespace}." if namespace else None
 
     async def publish(self, event: JobEvent) -> None:
         """Publish and wait for the broker's confirm (aio-pika #636: never wait forever)."""
         try:
             async with asyncio.timeout(self._timeout):
-                await self._exchange.publish(event_message(event), routing_key=event.event.value)
+                await self._exchange.publish(
+                    event_message(event, user_id=self._user_id), routing_key=event.event.value
+                )
         except DeliveryError as exc:
             if isinstance(exc.frame, Basic.Nack):
                 # Seen on RabbitMQ 3.10 after a queue leader died: one channel
@@ -91,8 +106,14 @@ class EventPublisher:
 
     async def reply(self, event: JobEvent, reply_to: str, correlation_id: str | None) -> None:
         """Send the final event to an RPC caller (``reply_to``, direct reply-to included)."""
+        if self._own_prefix is not None and reply_to.startswith(self._own_prefix):
+            # Through the default exchange a reply reaches any queue: a producer naming
+            # one of ours (the status store's, the webhooks') would have the daemon
+            # post into it with the daemon's trusted user.
+            raise ValueError(f"reply_to {reply_to!r} names a queue of this deployment")
         # Not mandatory: a caller that went away must not turn a finished job into an error.
         async with asyncio.timeout(self._timeout):
             await self._channel.default_exchange.publish(
-                event_message(event, correlation_id=correlation_id), routing_key=reply_to
+                event_message(event, correlation_id=correlation_id, user_id=self._user_id),
+                routing_key=reply_to,
             )

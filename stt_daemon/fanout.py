@@ -42,6 +42,7 @@ from pydantic import BaseModel
 
 from stt_daemon.audio import SAMPLE_RATE, Audio, PcmFile
 from stt_daemon.blobs import BlobStore
+from stt_daemon.claims import ClaimSigner
 from stt_daemon.engine import Engine
 from stt_daemon.protocol import (
     JSON_CONTENT_TYPE,
@@ -52,6 +53,7 @@ from stt_daemon.protocol import (
     TranscriptResult,
     Word,
 )
+from stt_daemon.provenance import copy_headers
 from stt_daemon.splitting import Span, pauses, plan_parts
 
 log = structlog.get_logger("stt_daemon.fanout")
@@ -156,9 +158,15 @@ class FanOut:
         split_seconds: float,
         part_seconds: float,
         publish_timeout: float,
+        signer: ClaimSigner | None = None,
+        daemon_user: str | None = None,
     ) -> None:
         self._blobs = blobs
         self._exchange = jobs_exchange
+        # Parts are claim checks of this daemon's making: signed, and published as
+        # the daemon on behalf of the recording's producer.
+        self._signer = signer or ClaimSigner(None)
+        self._user = daemon_user
         self._split_seconds = split_seconds
         self._part_samples = int(part_seconds * SAMPLE_RATE)
         self._timeout = publish_timeout
@@ -188,7 +196,9 @@ class FanOut:
         parts, messages = await asyncio.to_thread(self._prepare, job, audio, engine)
         try:
             for index, message in enumerate(messages):
-                await self._publish(message, job.message.options.model, reply_to, correlation_id)
+                await self._publish(
+                    message, job.message.options.model, reply_to, correlation_id, job.producer
+                )
                 log.debug("part.published", part=index, of=len(parts))
         except CannotSplit:
             await asyncio.to_thread(self.settle, job.job_id)
@@ -239,11 +249,22 @@ class FanOut:
         return parts, messages
 
     async def _publish(
-        self, job: JobMessage, model: str, reply_to: str | None, correlation_id: str | None
+        self,
+        job: JobMessage,
+        model: str,
+        reply_to: str | None,
+        correlation_id: str | None,
+        producer: str | None,
     ) -> None:
         assert job.part is not None
+        body = job.model_dump_json(exclude_none=True).encode()
+        headers = self._signer.sign(body, reply_to)
+        if self._user is not None:
+            headers = copy_headers(headers, producer or "")
         message = aio_pika.Message(
-            job.model_dump_json(exclude_none=True).encode(),
+            body,
+            headers=headers,
+            user_id=self._user,
             content_type=JSON_CONTENT_TYPE,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=f"{job.job_id}#{job.part.index}",

@@ -19,9 +19,10 @@ from stt_daemon.quarantine import copy_of
 class Handback:
     """Republishes deliveries where they came from, with confirms and returns that raise."""
 
-    def __init__(self, channel: AbstractChannel, timeout: float) -> None:
+    def __init__(self, channel: AbstractChannel, timeout: float, daemon_user: str) -> None:
         self._channel = channel
         self._timeout = timeout
+        self._user = daemon_user
         self._exchanges: dict[str, AbstractExchange] = {}
 
     async def _exchange(self, name: str) -> AbstractExchange:
@@ -36,6 +37,8 @@ class Handback:
         async with asyncio.timeout(self._timeout):
             exchange = await self._exchange(message.exchange or "")
             await exchange.publish(
-                copy_of(message, attempts), routing_key=message.routing_key or "", mandatory=True
+                copy_of(message, attempts, self._user),
+                routing_key=message.routing_key or "",
+                mandatory=True,
             )
         await message.ack()

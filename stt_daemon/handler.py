@@ -45,6 +45,7 @@ from stt_daemon.protocol import (
     decode_job,
     utcnow,
 )
+from stt_daemon.provenance import producer_of
 from stt_daemon.quarantine import Quarantine, previous_deliveries
 from stt_daemon.recordings import load_recording
 from stt_daemon.settling import (
@@ -107,6 +108,7 @@ class JobHandler:
         handback: Handback | None = None,
     ) -> None:
         self._settings = settings
+        self._signer = settings.claim_signer
         self.metrics = metrics or DaemonMetrics()
         self.metrics.serves(engines)
         self._engines = engines
@@ -148,10 +150,13 @@ class JobHandler:
         structlog.contextvars.bind_contextvars(job_id=message.message_id, attempt=attempt)
         try:
             if self._quarantine is not None and self._quarantine.wants(message):
-                await self._quarantine.admit(message)
-                self.counts["quarantined"] += 1
-                log.info("job.quarantined", reason="redelivered: runs apart from other jobs")
-                return
+                if await self._quarantine.admit(message):
+                    self.counts["quarantined"] += 1
+                    log.info("job.quarantined", reason="redelivered: runs apart from other jobs")
+                    return
+                # Handing it back would only raise its delivery count towards the
+                # broker's limit: better to run it here, among the others.
+                log.warning("job.not_quarantined", reason="quarantine queue is full")
             # The routing key of stt.jobs is the model.
             with self.metrics.running(message.routing_key):
                 await self._handle(message, attempt)
@@ -186,9 +191,18 @@ class JobHandler:
             )
         except DecodeError as exc:
             job_id = message.message_id or "unknown"
-            await self._fail_undecodable(message, job_id, str(exc))
+            await self._refuse(message, job_id, ErrorCode.BAD_MESSAGE, str(exc))
             return
+        job = job.model_copy(update={"producer": self._producer(message)})
         structlog.contextvars.bind_contextvars(job_id=job.job_id)
+        if job.message.audio is not None and (
+            refusal := self._signer.verify(message.body, message.reply_to, message.headers)
+        ):
+            # Before the audio file is opened, and not through _fail: a forged claim
+            # check must not delete that file, nor settle a recording's parts.
+            log.warning("job.forged_claim_check", producer=job.producer, reason=refusal)
+            await self._refuse(message, job.job_id, ErrorCode.FORBIDDEN, refusal)
+            return
         if job.message.request_id:
             structlog.contextvars.bind_contextvars(request_id=job.message.request_id)
         if attempt > self._settings.max_attempts:
@@ -437,21 +451,30 @@ class JobHandler:
             error=error.message,
         )
 
-    async def _fail_undecodable(
-        self, message: AbstractIncomingMessage, job_id: str, reason: str
+    def _producer(self, message: AbstractIncomingMessage) -> str:
+        return producer_of(message, self._settings.broker_user)
+
+    async def _refuse(
+        self, message: AbstractIncomingMessage, job_id: str, code: ErrorCode, reason: str
     ) -> None:
+        """Fail a message that is no job of ours to run: say so, dead-letter it, touch nothing.
+
+        The event names the message's producer, so a status store does not let it
+        fail another producer's job of the same id.
+        """
         event = JobEvent(
             event=EventType.FAILED,
             job_id=job_id,
             worker=self._settings.worker_name,
-            error=ErrorInfo(code=ErrorCode.BAD_MESSAGE, message=reason),
+            error=ErrorInfo(code=code, message=reason),
+            producer=self._producer(message),
         )
         await self._events.publish(event)
         await self._settle.reply(message, event)
         await message.reject(requeue=False)
         self.counts["failed"] += 1
-        self.metrics.job_finished(message.routing_key, "failed", error_code="bad_message")
-        log.warning("job.done", status="failed", error_code="bad_message", error=reason)
+        self.metrics.job_finished(message.routing_key, "failed", error_code=code.value)
+        log.warning("job.done", status="failed", error_code=code.value, error=reason)
 
     async def _retry(
         self, message: AbstractIncomingMessage, job: InboundJob, attempt: int, exc: Exception

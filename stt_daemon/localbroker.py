@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import pwd
 import resource
@@ -21,7 +22,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
+
+from stt_daemon import roles
 
 _PACKAGED_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 _NOT_INSTALLED = (
@@ -301,6 +305,37 @@ class LocalRabbitNode:
         if done.returncode != 0:
             raise BrokerStartError(f"rabbitmqctl {' '.join(args)}: {done.stderr or done.stdout}")
         return done.stdout
+
+    def add_roles(
+        self, passwords: Mapping[str, str], namespace: str = "stt", timeout: float = 30.0
+    ) -> dict[str, str]:
+        """Create the broker users of stt_daemon/roles.py; return each role's AMQP URL.
+
+        ``namespace`` is a regular expression (``re.escape`` a plain one). Existing
+        users are updated in place, so a restart with the same passwords changes nothing.
+        """
+        document = roles.definitions(passwords, namespace=namespace)
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as file:
+            json.dump(document, file)
+        try:
+            os.chmod(file.name, 0o644)  # the CLI may run the read as another user
+            self.ctl("import_definitions", file.name)
+        finally:
+            os.unlink(file.name)
+        # The import finishes in the background: wait until every user is there.
+        wanted = {roles.user_name(role) for role in passwords}
+        deadline = time.monotonic() + timeout
+        while True:
+            listed = {line.split("\t")[0] for line in self.ctl("list_users", "-q").splitlines()}
+            if wanted <= listed:
+                break
+            if time.monotonic() > deadline:
+                raise BrokerStartError(f"broker users not created: missing {wanted - listed}")
+            time.sleep(0.3)
+        return {
+            role: f"amqp://{roles.user_name(role)}:{password}@127.0.0.1:{self.port}/"
+            for role, password in passwords.items()
+        }
 
     def join(self, other: LocalRabbitNode) -> None:
         """Make this (running) node a member of ``other``'s cluster."""

@@ -112,6 +112,8 @@ class ErrorCode(StrEnum):
     TOO_MANY_ATTEMPTS = "too_many_attempts"
     CANCELLED = "cancelled"
     UNSUPPORTED = "unsupported"
+    #: A claim check without a valid signature, where claim checks must be signed.
+    FORBIDDEN = "forbidden"
     INTERNAL = "internal"
 
 

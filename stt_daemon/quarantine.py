@@ -16,6 +16,10 @@ import asyncio
 
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+from aio_pika.exceptions import DeliveryError
+from pamqp.commands import Basic
+
+from stt_daemon.provenance import copy_headers, producer_of
 
 #: Deliveries a job had before it was moved to quarantine (its count there starts at 0).
 ATTEMPTS_HEADER = "x-stt-attempts"
@@ -33,8 +37,12 @@ def previous_deliveries(message: AbstractIncomingMessage) -> int:
     return _int_header(message, "x-delivery-count") + _int_header(message, ATTEMPTS_HEADER)
 
 
-def copy_of(message: AbstractIncomingMessage, attempts: int) -> aio_pika.Message:
-    """A persistent copy of a delivery, counting ``attempts`` deliveries so far."""
+def copy_of(message: AbstractIncomingMessage, attempts: int, daemon_user: str) -> aio_pika.Message:
+    """A persistent copy of a delivery, counting ``attempts`` deliveries so far.
+
+    The copy is published as ``daemon_user`` (RabbitMQ allows no other ``user_id``),
+    so it names the original producer in a header (stt_daemon/provenance.py).
+    """
     headers = {
         key: value
         for key, value in (message.headers or {}).items()
@@ -44,7 +52,8 @@ def copy_of(message: AbstractIncomingMessage, attempts: int) -> aio_pika.Message
     headers[ATTEMPTS_HEADER] = attempts
     return aio_pika.Message(
         message.body,
-        headers=headers,
+        headers=copy_headers(headers, producer_of(message, daemon_user)),
+        user_id=daemon_user,
         content_type=message.content_type,
         content_encoding=message.content_encoding,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -61,20 +70,31 @@ def copy_of(message: AbstractIncomingMessage, attempts: int) -> aio_pika.Message
 class Quarantine:
     """Moves redelivered jobs from a model's job queue to its quarantine queue."""
 
-    def __init__(self, exchange: AbstractExchange, timeout: float) -> None:
+    def __init__(self, exchange: AbstractExchange, timeout: float, daemon_user: str) -> None:
         self._exchange = exchange
         self._timeout = timeout
+        self._user = daemon_user
 
     def wants(self, message: AbstractIncomingMessage) -> bool:
         """True for a job delivered before, that is not in quarantine already."""
         return message.exchange != self._exchange.name and previous_deliveries(message) > 0
 
-    async def admit(self, message: AbstractIncomingMessage) -> None:
-        """Publish a copy to quarantine (confirmed), then ack the original."""
-        copy = copy_of(message, previous_deliveries(message))
+    async def admit(self, message: AbstractIncomingMessage) -> bool:
+        """Publish a copy to quarantine (confirmed), then ack the original.
+
+        False, with the original untouched, when the quarantine queue is full (its
+        length limit nacks the copy): the caller then runs the job where it is.
+        """
+        copy = copy_of(message, previous_deliveries(message), self._user)
         # The routing key of a job queue's messages is the model: keep it.
-        async with asyncio.timeout(self._timeout):
-            await self._exchange.publish(
-                copy, routing_key=message.routing_key or "", mandatory=True
-            )
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._exchange.publish(
+                    copy, routing_key=message.routing_key or "", mandatory=True
+                )
+        except DeliveryError as exc:
+            if isinstance(exc.frame, Basic.Nack):
+                return False
+            raise
         await message.ack()
+        return True

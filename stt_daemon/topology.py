@@ -170,9 +170,14 @@ async def declare_topology(
         )
         await queue.bind(jobs_exchange, routing_key=model)
         topology.job_queues[model] = queue
-        # No length limit of its own: every job here was admitted once already.
+        # The same limit as the job queue: every job here was admitted there once, but
+        # a publisher with write access to the quarantine exchange must not be able to
+        # queue without bound. A full quarantine nacks, and the daemon that wanted to
+        # move a job there hands it back to the job queue to try again later.
         quarantine = await channel.declare_queue(
-            names.quarantine_queue(model), durable=True, arguments=job_arguments
+            names.quarantine_queue(model),
+            durable=True,
+            arguments={**job_arguments, "x-max-length": broker_max_length(limits.max_queued)},
         )
         await quarantine.bind(quarantine_exchange, routing_key=model)
 

@@ -127,7 +127,12 @@ class Daemon:
                 publish_channel, settings.names, self._engines, settings.queue_limits
             )
             events = EventPublisher(
-                publish_channel, topology.results_exchange, settings.publish_timeout, publish_conn
+                publish_channel,
+                topology.results_exchange,
+                settings.publish_timeout,
+                publish_conn,
+                user_id=settings.broker_user,
+                namespace=settings.names.prefix,
             )
             cancellations = Cancellations()
             blobs = BlobStore(settings.resolved_blob_url)
@@ -164,12 +169,12 @@ class Daemon:
         # A channel of its own, so that a job that cannot be routed raises, not vanishes.
         channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
         exchange = await channel.get_exchange(self._settings.names.quarantine_exchange)
-        return Quarantine(exchange, self._settings.publish_timeout)
+        return Quarantine(exchange, self._settings.publish_timeout, self._settings.broker_user)
 
     async def _handback(self, conn: AbstractRobustConnection) -> Handback:
         """Where stopping hands running jobs back (confirmed; an unroutable copy raises)."""
         channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
-        return Handback(channel, self._settings.publish_timeout)
+        return Handback(channel, self._settings.publish_timeout, self._settings.broker_user)
 
     async def _fanout(self, conn: AbstractRobustConnection, blobs: BlobStore) -> FanOut:
         """Publishes the parts of long recordings to the job queues."""
@@ -182,6 +187,8 @@ class Daemon:
             split_seconds=settings.split_seconds,
             part_seconds=settings.part_seconds,
             publish_timeout=settings.publish_timeout,
+            signer=settings.claim_signer,
+            daemon_user=settings.broker_user,
         )
 
     async def _start_consumers(self, conn: AbstractRobustConnection, handler: JobHandler) -> None:

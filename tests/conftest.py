@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from aio_pika.abc import AbstractChannel
 
 from redisnode import LocalRedis
 from stack import JFK, Stack
+from stt_daemon import roles
 from stt_daemon.localbroker import LocalRabbitNode
 
 
@@ -23,19 +25,45 @@ def audio_dir() -> Path:
     return JFK.parent
 
 
+#: The namespaces of the test stacks (tests/stack.py), as a permission pattern.
+STACK_NAMESPACES = r"t[0-9a-f]{10}"
+
+
 @pytest.fixture(scope="session")
-def amqp_url() -> Iterator[str]:
-    """STT_TEST_AMQP_URL, or a private RabbitMQ node on a free loopback port."""
-    if url := os.environ.get("STT_TEST_AMQP_URL"):
-        yield url
+def local_node() -> Iterator[LocalRabbitNode | None]:
+    """A private RabbitMQ node on a free loopback port; None with STT_TEST_AMQP_URL."""
+    if os.environ.get("STT_TEST_AMQP_URL"):
+        yield None
         return
     node = LocalRabbitNode()
     node.start()
     try:
-        yield node.url
+        yield node
     finally:
         node.stop()
         node.cleanup()
+
+
+@pytest.fixture(scope="session")
+def amqp_url(local_node: LocalRabbitNode | None) -> str:
+    """The administrator's URL: STT_TEST_AMQP_URL, or guest on the private node."""
+    if local_node is None:
+        return os.environ["STT_TEST_AMQP_URL"]
+    return local_node.url
+
+
+@pytest.fixture(scope="session")
+def broker_roles(local_node: LocalRabbitNode | None) -> dict[str, str]:
+    """Role -> AMQP URL: the shipped broker users (stt_daemon/roles.py) on the private node.
+
+    Every stack's daemons and gateways connect as these, so the whole suite runs on
+    the least permissions a deployment gives them. Empty with STT_TEST_AMQP_URL
+    (creating users needs that broker's administrator): everything is then admin.
+    """
+    if local_node is None:
+        return {}
+    passwords = {role: secrets.token_hex(12) for role in roles.ROLES}
+    return local_node.add_roles(passwords, namespace=STACK_NAMESPACES)
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +98,7 @@ async def stack(
     tmp_path: Path,
     audio_dir: Path,
     status_store: str,
+    broker_roles: dict[str, str],
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[Stack]:
     """An isolated deployment (unique queue names, own data dir); processes stopped after."""
@@ -77,7 +106,7 @@ async def stack(
     if status_store == "redis":
         # Keys live under the stack's namespace, so stacks sharing one Redis never meet.
         env["STT_STATUS_URL"] = request.getfixturevalue("redis_url")
-    s = Stack(amqp_url=amqp_url, data_dir=tmp_path, env=env)
+    s = Stack(amqp_url=amqp_url, data_dir=tmp_path, env=env, roles=broker_roles)
     try:
         yield s
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import aio_pika
 import httpx
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
+from stt_daemon.claims import ClaimSigner
 from stt_daemon.localbroker import free_port
 from stt_daemon.protocol import JobEvent, decode_event
 from stt_daemon.topology import Names
@@ -112,23 +114,41 @@ class Proc:
 
 @dataclass
 class Stack:
-    """One isolated deployment: its own namespace of queues and its own data directory."""
+    """One isolated deployment: its own namespace of queues and its own data directory.
+
+    With ``roles`` (role -> AMQP URL, see tests/conftest.py), daemons and gateways
+    connect as their own broker users with the shipped permissions, as a real
+    deployment does; without, everything connects with ``amqp_url``.
+    """
 
     amqp_url: str
     data_dir: Path
     namespace: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     env: dict[str, str] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
+    roles: dict[str, str] = field(default_factory=dict)
+    #: STT_CLAIM_SECRET of this deployment: its daemons refuse unsigned claim checks.
+    claim_secret: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    def url_of(self, role: str) -> str:
+        """The AMQP URL a process of ``role`` connects with."""
+        return self.roles.get(role, self.amqp_url)
+
+    @property
+    def signer(self) -> ClaimSigner:
+        """Signs claim checks as this deployment's gateways do (a trusted producer)."""
+        return ClaimSigner(self.claim_secret)
 
     @property
     def names(self) -> Names:
         """Broker names of this stack."""
         return Names(self.namespace)
 
-    def _env(self, extra: dict[str, str]) -> dict[str, str]:
+    def _env(self, extra: dict[str, str], role: str = "admin") -> dict[str, str]:
         return {
             **os.environ,
-            "STT_AMQP_URL": self.amqp_url,
+            "STT_AMQP_URL": self.url_of(role),
+            "STT_CLAIM_SECRET": self.claim_secret,
             "STT_NAMESPACE": self.namespace,
             "STT_DATA_DIR": str(self.data_dir),
             "STT_LOG_FORMAT": "json",
@@ -140,7 +160,7 @@ class Stack:
     async def daemon(self, wait: bool = True, argv: list[str] | None = None, **env: str) -> Proc:
         """Start a daemon (``python -m stt_daemon``, or ``argv``) and wait until it consumes."""
         argv = argv or [sys.executable, "-m", "stt_daemon"]
-        proc = Proc("daemon", argv, self._env(env), self.data_dir)
+        proc = Proc("daemon", argv, self._env(env, "daemon"), self.data_dir)
         self.procs.append(proc)
         if wait:
             await proc.wait_for_log("daemon.ready", timeout=120)
@@ -152,7 +172,7 @@ class Stack:
         """Start a gateway on a free port and wait until /readyz says ready."""
         port = port or free_port()
         argv = [sys.executable, "-m", "gateway", "--port", str(port)]
-        proc = Proc("gateway", argv, self._env(env), self.data_dir)
+        proc = Proc("gateway", argv, self._env(env, "gateway"), self.data_dir)
         self.procs.append(proc)
         gw = Gateway(proc, f"http://127.0.0.1:{port}")
         await gw.wait_up(ready=wait_ready)

@@ -78,7 +78,11 @@ async def test_raw_audio_producer_with_direct_reply_to(
 async def test_claim_check_producer_and_gateway_sees_the_job(
     stack: Stack, channel: AbstractChannel
 ) -> None:
-    """A JSON job naming a blob in the shared store; the recorder records it for polling."""
+    """A JSON job naming a blob in the shared store; the recorder records it for polling.
+
+    The deployment signs claim checks (STT_CLAIM_SECRET): a trusted internal producer
+    signs its own with the shared secret (stt_daemon.claims.ClaimSigner).
+    """
     gw = await stack.gateway()
     await stack.daemon()
     blob = stack.data_dir / "blobs" / "outside-producer.mp3"
@@ -96,9 +100,13 @@ async def test_claim_check_producer_and_gateway_sees_the_job(
         },
     }
     exchange = await _jobs_exchange(channel, stack)
+    encoded = json.dumps(body).encode()
     await exchange.publish(
         aio_pika.Message(
-            json.dumps(body).encode(), content_type="application/json", message_id=job_id
+            encoded,
+            content_type="application/json",
+            message_id=job_id,
+            headers=stack.signer.sign(encoded),
         ),
         routing_key="tiny.en",
     )

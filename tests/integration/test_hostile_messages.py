@@ -65,9 +65,15 @@ async def test_lying_claim_checks_fail_and_are_dead_lettered(
     }
     topology = await declare_topology(channel, stack.names, ["tiny.en"], QueueLimits())
     async with event_tap(channel, stack.names) as tap:
+        # Signed as the deployment's gateways sign: what a lying claim check from a
+        # trusted producer meets (an unsigned one is refused before: test_tenancy.py).
+        encoded = json.dumps(body).encode()
         await topology.jobs_exchange.publish(
             aio_pika.Message(
-                json.dumps(body).encode(), content_type="application/json", message_id=job_id
+                encoded,
+                content_type="application/json",
+                message_id=job_id,
+                headers=stack.signer.sign(encoded),
             ),
             routing_key="tiny.en",
         )
@@ -79,3 +85,6 @@ async def test_lying_claim_checks_fail_and_are_dead_lettered(
     dead = await drain_dead_letters(channel, stack.names, 1)
     assert [m.message_id for m in dead] == [job_id]
     assert secret.exists()  # and nothing outside the store was touched
+    # A failed job keeps its audio (a checksum that does not match may be someone
+    # naming another job's file: deleting it would destroy that job).
+    assert real.exists()

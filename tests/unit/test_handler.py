@@ -34,6 +34,8 @@ class FakeMessage:
     reply_to: str | None = None
     correlation_id: str | None = None
     routing_key: str | None = "tiny.en"
+    #: The publisher's broker user, as RabbitMQ checked it.
+    user_id: str | None = None
     #: The delivery's channel is still open (False: the broker closed it under the job).
     channel_open: bool = True
 

@@ -65,6 +65,8 @@ class FakeMessage:
     reply_to: str | None = None
     correlation_id: str | None = None
     routing_key: str | None = "tiny.en"
+    #: The publisher's broker user, as RabbitMQ checked it.
+    user_id: str | None = None
     #: The delivery's channel, still open.
     channel: Any = field(default_factory=lambda: SimpleNamespace(is_closed=False))
 
