@@ -35,6 +35,7 @@ from stt_daemon.localbroker import (
     node_dir_for,
     port_problem,
 )
+from stt_daemon.localsecrets import LocalSecrets, load_or_create
 from stt_daemon.logs import configure_logging
 from stt_daemon.supervisor import Child, Signals
 
@@ -141,7 +142,13 @@ def stt_command() -> str:
 
 
 def banner(
-    *, http_url: str, amqp_url: str, models: Sequence[str], data_dir: Path, broker_dir: Path | None
+    *,
+    http_url: str,
+    amqp_url: str,
+    models: Sequence[str],
+    data_dir: Path,
+    broker_dir: Path | None,
+    secrets_file: Path | None = None,
 ) -> str:
     """What a person needs once everything is up: where the API, broker, models and data are."""
     stt = stt_command()
@@ -155,6 +162,14 @@ def banner(
         f"  HTTP API   {http_url}",
         f"  API docs   {http_url}/docs",
         f"  AMQP       {public_amqp_url(amqp_url)}",
+        *(
+            [
+                "             producers: user stt-producer, downstream: stt-listener, "
+                f"passwords in {secrets_file}"
+            ]
+            if secrets_file is not None
+            else []
+        ),
         f"  models     {', '.join(models)}   (default: {models[0]})",
         f"  data       {data}",
         f"  stt CLI    {stt}{where_stt}",
@@ -194,6 +209,10 @@ class Local:
         self.models = [model_name(spec) for spec in self.model_specs]
         self.http_url = f"http://{_connect_host(args.host)}:{args.port}"
         self.children: list[Child] = []
+        #: Role -> AMQP URL of the broker users made on the private node (none when
+        #: STT_AMQP_URL names a broker of the user's: it is used as it is).
+        self.role_urls: dict[str, str] = {}
+        self.secrets: LocalSecrets | None = None
 
     def check_http_port(self) -> None:
         """Refuse at once (one line) if the gateway could not listen, rather than let it crash."""
@@ -230,6 +249,10 @@ class Local:
             self.node.start()
         except PortInUse as exc:
             raise StartError(self._port_advice(exc)) from None
+        # The daemon and the gateway run as their own users with the least
+        # permissions, as in a real deployment (stt_daemon/roles.py).
+        self.secrets = load_or_create(self.settings.data_dir)
+        self.role_urls = self.node.add_roles(self.secrets.passwords)
         return self.node.url
 
     def _port_advice(self, exc: PortInUse) -> str:
@@ -242,11 +265,18 @@ class Local:
     def start_children(self, amqp_url: str) -> None:
         """One daemon and one gateway, in the order they are stopped in."""
         env = {**os.environ, "STT_AMQP_URL": amqp_url, "STT_MODELS": ",".join(self.model_specs)}
+        if self.secrets is not None:
+            env["STT_CLAIM_SECRET"] = self.secrets.claim_secret
+
+        def as_role(role: str) -> dict[str, str]:
+            return {**env, "STT_AMQP_URL": self.role_urls.get(role, amqp_url)}
+
         python = sys.executable
         gateway_argv = ["-m", "gateway", "--host", self.args.host, "--port", str(self.args.port)]
+        daemon_stop = self.settings.shutdown_timeout + 30
         self.children = [
-            Child("daemon", [python, "-m", "stt_daemon"], env, self.settings.shutdown_timeout + 30),
-            Child("gateway", [python, *gateway_argv], env, GATEWAY_STOP_TIMEOUT),
+            Child("daemon", [python, "-m", "stt_daemon"], as_role("daemon"), daemon_stop),
+            Child("gateway", [python, *gateway_argv], as_role("gateway"), GATEWAY_STOP_TIMEOUT),
         ]
         for child in self.children:
             child.start()
@@ -283,6 +313,7 @@ class Local:
             models=self.models,
             data_dir=data_dir,
             broker_dir=broker_dir,
+            secrets_file=self.secrets.path.resolve() if self.secrets is not None else None,
         )
         sys.stdout.write(text + "\n")
         sys.stdout.flush()

@@ -9,6 +9,7 @@ import pwd
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -18,12 +19,15 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import httpx
 import pytest
+from aiormq.exceptions import ChannelAccessRefused
 
-from stack import REPO, Proc, normalise, stt
+from stack import JFK, REPO, Proc, normalise, stt
 from stt_daemon import localbroker
 from stt_daemon.localbroker import free_port, port_problem
+from stt_daemon.protocol import decode_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -115,6 +119,7 @@ async def test_stt_local_from_a_private_directory(
     try:
         await check_ready(proc, amqp_port, url, private_dir)
         await check_transcribes(url, spoken)
+        await check_broker_roles(private_dir / "data", amqp_port)
         await check_gateway_restarts(proc, url)
         await check_stop_order(proc)
     finally:
@@ -131,7 +136,8 @@ async def check_ready(proc: Proc, amqp_port: int, url: str, private_dir: Path) -
         assert ready["broker_dir"].startswith(pwd.getpwnam("rabbitmq").pw_dir)
     output = proc.output()
     banner = output[output.index("stt-local is ready") :]
-    for text in (url, f"{url}/docs", ready["amqp"], "tiny.en, base", str(private_dir), "stt"):
+    secrets_file = str(private_dir / "data" / "secrets.env")
+    for text in (url, f"{url}/docs", ready["amqp"], "tiny.en, base", secrets_file, "stt"):
         assert text in banner, text
     # Ready means ready: the gateway answered and both models were loaded before.
     lines = proc.log_lines()
@@ -148,6 +154,43 @@ async def check_transcribes(url: str, audio: Path) -> None:
     code, out, err = await stt("--url", url, "transcribe", str(audio), "--wait", timeout=120)
     assert code == 0, err
     assert "quick brown fox" in normalise(out), out
+
+
+async def check_broker_roles(data_dir: Path, amqp_port: int) -> None:
+    """The private node has the role users; a producer submits with its own password."""
+    stored = data_dir / "secrets.env"
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    passwords = dict(line.split("=", 1) for line in stored.read_text().splitlines() if "=" in line)
+    producer = f"amqp://stt-producer:{passwords['producer']}@127.0.0.1:{amqp_port}/"
+    connection = await aio_pika.connect(producer)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        replies = await channel.declare_queue(exclusive=True)
+        jobs = await channel.get_exchange("stt.jobs", ensure=False)
+        await jobs.publish(
+            aio_pika.Message(
+                JFK.read_bytes(),
+                content_type="audio/flac",
+                message_id=f"local-{os.getpid()}",
+                reply_to=replies.name,
+                user_id="stt-producer",
+            ),
+            routing_key="tiny.en",
+        )
+        reply = await replies.get(timeout=5, fail=False)
+        for _ in range(120):
+            if reply is not None:
+                break
+            await asyncio.sleep(0.5)
+            reply = await replies.get(fail=False)
+        assert reply is not None, "no reply to the producer's job"
+        event = decode_event(reply.body)
+        assert event.event == "job.succeeded" and event.producer == "stt-producer"
+        # Its permissions end there: the job queue is not its to read.
+        peek = await connection.channel()
+        queue = await peek.get_queue("stt.jobs.tiny.en", ensure=False)
+        with pytest.raises(ChannelAccessRefused):
+            await queue.get(fail=False)
 
 
 async def check_gateway_restarts(proc: Proc, url: str) -> None:
