@@ -218,8 +218,13 @@ def test_the_secret_template_is_never_applied_and_holds_only_placeholders(
     for secret in secrets.values():
         values = {**secret.get("stringData", {}), **secret.get("data", {})}
         assert values
+        name = secret["metadata"]["name"]
         for key, value in values.items():
-            assert "REPLACE-ME" in value, f"{secret['metadata']['name']}/{key} looks real"
+            if name.startswith("stt-broker-") and key == "username":
+                # Not a secret: the user broker-roles.yaml gives the role.
+                assert value == f"stt-{name.removeprefix('stt-broker-')}"
+                continue
+            assert "REPLACE-ME" in value, f"{name}/{key} looks real"
 
 
 def test_referenced_secrets_exist(applied: list[Doc], secrets: dict[str, Doc]) -> None:
@@ -499,26 +504,35 @@ def test_config_maps_hold_only_settings(applied: list[Doc]) -> None:
             assert key.startswith("STT_"), f"{name}: {key}"
 
 
-def test_amqp_url_is_built_from_the_operator_secret(
+def test_amqp_url_is_the_roles_user_at_the_operators_service(
     applied: list[Doc], processes: list[Process]
 ) -> None:
     (cluster,) = of_kind(applied, "RabbitmqCluster")
+    users = {
+        doc["spec"]["importCredentialsSecret"]["name"]: name
+        for name, doc in of_kind(applied, "User").items()
+    }
     for process in processes:
         url = urlparse(process.env["STT_AMQP_URL"])
         assert url.scheme == "amqp"
+        # Its role's own user (least permissions), never the operator's administrator.
+        own = f"stt-broker-{process.component}"
+        assert users[own] == f"stt-{process.component}"
         expected = {
-            "username": url.username,
-            "password": url.password,
-            "host": url.hostname,
-            "port": str(url.port),
+            (own, "username"): url.username,
+            (own, "password"): url.password,
+            (f"{cluster}-default-user", "host"): url.hostname,
+            (f"{cluster}-default-user", "port"): str(url.port),
         }
-        for key, value in expected.items():
-            (var,) = [
-                v
-                for v, ref in process.from_secret.items()
-                if ref == (f"{cluster}-default-user", key)
-            ]
+        for source, value in expected.items():
+            (var,) = [v for v, ref in process.from_secret.items() if ref == source]
             assert process.env[var] == value
+
+
+def test_gateways_and_daemons_share_the_claim_key(processes: list[Process]) -> None:
+    assert {p.from_secret.get("STT_CLAIM_SECRET") for p in processes} == {
+        ("stt-claims", "claim-secret")
+    }
 
 
 def test_queue_shaping_settings_agree_between_gateway_and_daemons(
