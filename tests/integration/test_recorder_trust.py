@@ -1,8 +1,9 @@
 """Forged events change nothing: the status store and the webhooks believe trusted publishers only.
 
-Everything in the test suite connects as ``guest``, which is the gateway's own broker
-user and so trusted. RabbitMQ refuses a ``user_id`` that is not the publisher's own,
-so the forgery open to a client here is an event with no ``user_id`` at all.
+RabbitMQ refuses a ``user_id`` that is not the publisher's own, so the forgery open
+to a client is an event with no ``user_id`` at all. The genuine events are published
+as a daemon would: on the daemons' broker user (or, on a test broker without the
+shipped users, the administrator's, which is then the gateway's own and trusted).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from webhooks import forget_delay_queues
 
 from gateway.callbacks import RetryPlan
 from stack import JFK, Stack
+from stt_daemon.amqp import broker_user
 from stt_daemon.protocol import (
     JSON_CONTENT_TYPE,
     EventType,
@@ -87,6 +89,12 @@ def _message(event: JobEvent, user_id: str | None) -> aio_pika.Message:
     )
 
 
+def _url_of(stack: Stack, role: str) -> str:
+    """The URL a process of ``role`` connects with (the stack's broker users, if it has them)."""
+    url_of = getattr(stack, "url_of", None)
+    return str(url_of(role)) if url_of is not None else stack.amqp_url
+
+
 async def _status(gw: Any, job_id: str) -> str:
     async with gw.client() as client:
         response = await client.get(f"/v1/jobs/{job_id}")
@@ -100,6 +108,8 @@ async def test_events_without_a_trusted_user_id_change_nothing(
 ) -> None:
     receiver.fail_first = 1
     gw = await stack.gateway(**CALLBACK_ENV)
+    # Ready before the webhook sender has declared its queue: wait for it.
+    await gw.proc.wait_for_log("callbacks.started", timeout=30)
     # No daemon: the job waits in its queue, and only the events below speak of it.
     job_id = (await gw.submit(JFK, callback_url=receiver.url))["id"]
     results = await channel.get_exchange(stack.names.results_exchange)
@@ -115,7 +125,8 @@ async def test_events_without_a_trusted_user_id_change_nothing(
             worker="forger",
             result=result,
             options=options if kind.status.is_final else None,
-            producer="guest",
+            # The gateway published the job: its user is the job's producer.
+            producer=broker_user(_url_of(stack, "gateway")),
         )
 
     # A user_id that is not the connection's own is refused by the broker itself.
@@ -139,10 +150,16 @@ async def test_events_without_a_trusted_user_id_change_nothing(
     assert len(refused) == 2 and {line["user_id"] for line in refused} == {None}
     assert "forged" not in gw.proc.output()  # bodies are never logged
 
-    # The same events from a trusted user (guest: the gateway's own, here) are believed;
-    # the webhook's retry passes through a delay queue and keeps the gateway's user_id.
-    for kind in (EventType.STARTED, EventType.SUCCEEDED):
-        await results.publish(_message(event(kind), "guest"), routing_key=kind.value)
+    # The same events from the daemons' user are believed; the webhook's retry passes
+    # through a delay queue and keeps the gateway's own user_id.
+    daemon_url = _url_of(stack, "daemon")
+    connection = await aio_pika.connect(daemon_url)
+    async with connection:
+        daemon = await connection.channel(publisher_confirms=True)
+        exchange = await daemon.get_exchange(stack.names.results_exchange)
+        for kind in (EventType.STARTED, EventType.SUCCEEDED):
+            message = _message(event(kind), broker_user(daemon_url))
+            await exchange.publish(message, routing_key=kind.value)
     assert (await gw.wait_final(job_id, timeout=30))["status"] == "succeeded"
     for _ in range(300):
         if len(receiver.calls) == 2:
