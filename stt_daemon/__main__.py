@@ -32,7 +32,9 @@ def load_engines(settings: DaemonSettings) -> dict[str, Engine]:
         ref = resolve(spec)
         engines[ref.name] = WhisperEngine(
             ref,
-            workers=settings.prefetch,
+            # The quarantine consumer's one job and live windows get workers of their
+            # own: neither may wait for a batch job to free one.
+            workers=settings.prefetch + 2,
             cpu_threads=threads,
             device=settings.device,
             compute_type=settings.compute_type,

@@ -35,6 +35,8 @@ Outcome = Literal[
 #: Seconds of transcription: tiny.en does 11 s of speech in under a second,
 #: a large model on a CPU can take many minutes over an hour of audio.
 TRANSCRIBE_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+#: A live step takes a fraction of a second to a few: finer buckets.
+LIVE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 #: Processing seconds per audio second: 0.05 is a fast GPU, above 1 falls behind real time.
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
 #: Paths of the liveness answer (``/healthz`` as the gateway names it); any other is metrics.
@@ -134,6 +136,25 @@ class DaemonMetrics:
             ["model"],
             registry=self.registry,
         )
+
+        self.live_windows = Counter(
+            "stt_daemon_live_windows",
+            "Live-transcription windows taken, by outcome (answered, expired unanswered).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.live_window_seconds = Histogram(
+            "stt_daemon_live_window_seconds",
+            "Seconds from taking a live window to answering it.",
+            buckets=LIVE_BUCKETS,
+            registry=self.registry,
+        )
+
+    def live_window(self, outcome: str, seconds: float | None = None) -> None:
+        """Count one live window (``answered`` with its time, or ``expired``)."""
+        self.live_windows.labels(outcome).inc()
+        if seconds is not None:
+            self.live_window_seconds.observe(seconds)
 
     def serves(self, models: Iterable[str]) -> None:
         """The models loaded here: any other name an outside producer sends is labelled "other"."""

@@ -68,7 +68,7 @@ def permissions(role: str, namespace: str = r"stt") -> Permission:
     """
     ns = namespace
     # Exchanges a queue of the topology is bound from (binding needs read on them).
-    bound_from = [rf"{ns}\.(jobs|quarantine|dead|results|control)"]
+    bound_from = [rf"{ns}\.(jobs|quarantine|live|dead|results|control)"]
     if role == "gateway":
         return Permission(
             configure=_any(rf"{ns}\..*", _SERVER_NAMED),
@@ -93,7 +93,7 @@ def permissions(role: str, namespace: str = r"stt") -> Permission:
             # Not the status or webhook queues: those are the gateways'.
             read=_any(
                 *bound_from,
-                rf"{ns}\.(jobs|quarantine)\..*",
+                rf"{ns}\.(jobs|quarantine|live)\..*",
                 rf"{ns}\.cancellations",
                 _SERVER_NAMED,
             ),

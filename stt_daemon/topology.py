@@ -52,6 +52,15 @@ class Names:
         return f"{self.prefix}.quarantine.{check_model_name(model)}"
 
     @property
+    def live_exchange(self) -> str:
+        """Direct exchange of live-transcription windows; key = model."""
+        return f"{self.prefix}.live"
+
+    def live_queue(self, model: str) -> str:
+        """Where a model's live windows wait (briefly: they expire) for any daemon."""
+        return f"{self.prefix}.live.{check_model_name(model)}"
+
+    @property
     def dead_exchange(self) -> str:
         """Fanout exchange that receives dead-lettered jobs."""
         return f"{self.prefix}.dead"
@@ -91,6 +100,12 @@ class Names:
         return f"{self.prefix}.cancellations"
 
 
+#: Live windows a model's live queue holds (about one per open session).
+LIVE_QUEUE_LENGTH = 1000
+#: Longest a live window may wait in its queue; sessions ask for less per window.
+LIVE_WINDOW_TTL_MS = 10_000
+
+
 @dataclass(frozen=True)
 class QueueLimits:
     """Limits applied to every job queue."""
@@ -123,6 +138,7 @@ class Topology:
     job_queues: dict[str, AbstractQueue] = field(default_factory=dict)
     dead_queue: AbstractQueue | None = None
     recorder_queue: AbstractQueue | None = None
+    live_exchange: AbstractExchange | None = None
 
 
 async def declare_topology(
@@ -180,6 +196,24 @@ async def declare_topology(
             arguments={**job_arguments, "x-max-length": broker_max_length(limits.max_queued)},
         )
         await quarantine.bind(quarantine_exchange, routing_key=model)
+
+    # Live windows: classic queues (nothing to replicate: a window lives a few seconds,
+    # and a lost one is sent again), bounded, with a TTL that drops what nobody awaits.
+    topology.live_exchange = await channel.declare_exchange(
+        names.live_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    for model in models:
+        live = await channel.declare_queue(
+            names.live_queue(model),
+            durable=True,
+            arguments={
+                "x-queue-type": "classic",
+                "x-max-length": LIVE_QUEUE_LENGTH,
+                "x-overflow": "reject-publish",
+                "x-message-ttl": LIVE_WINDOW_TTL_MS,
+            },
+        )
+        await live.bind(topology.live_exchange, routing_key=model)
 
     # Declared here, not by the gateway alone, so that events published while no
     # gateway runs are kept for the status store instead of being dropped.

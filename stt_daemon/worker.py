@@ -20,6 +20,7 @@ from stt_daemon.events import EventPublisher
 from stt_daemon.fanout import FanOut
 from stt_daemon.handback import Handback
 from stt_daemon.handler import JobHandler
+from stt_daemon.live import LiveGate, LiveServer
 from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.quarantine import Quarantine
 from stt_daemon.topology import declare_topology
@@ -147,6 +148,8 @@ class Daemon:
                 await self._fanout(publish_conn, blobs),
                 await self._handback(publish_conn),
             )
+            live = self._live_server()
+            await live.start(consume_conn, publish_channel)
             control = ControlPlane(settings, self._engines, lambda: len(self._tasks), cancellations)
             assert topology.control_exchange is not None
             await control.start(await control_conn.channel(), topology.control_exchange)
@@ -161,6 +164,23 @@ class Daemon:
             await consume_conn.close()
             await publish_conn.close()
             await control_conn.close()
+
+    def _live_server(self) -> LiveServer:
+        """Answers live windows; one gate for all models, since they share the CPU."""
+        gate = LiveGate()
+        for engine in self._engines.values():
+            if hasattr(engine, "gate"):
+                engine.gate = gate
+        settings = self._settings
+        return LiveServer(
+            settings.names,
+            self._engines,
+            gate,
+            prefetch=settings.live_prefetch,
+            worker=settings.worker_name,
+            user_id=settings.broker_user,
+            metrics=self._metrics,
+        )
 
     async def _quarantine(self, conn: AbstractRobustConnection) -> Quarantine | None:
         """Where redelivered jobs go; None when this daemon runs one job at a time anyway."""

@@ -193,6 +193,7 @@ class Stack:
         queues = [
             *(names.job_queue(m) for m in models),
             *(names.quarantine_queue(m) for m in models),
+            *(names.live_queue(m) for m in models),
             names.dead_queue,
             names.recorder_queue,
             names.callbacks_queue,
@@ -201,6 +202,7 @@ class Stack:
         exchanges = [
             names.jobs_exchange,
             names.quarantine_exchange,
+            names.live_exchange,
             names.results_exchange,
             names.dead_exchange,
             names.control_exchange,

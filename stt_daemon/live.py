@@ -1,0 +1,207 @@
+"""The daemon's side of live transcription: answer windows, ahead of batch work.
+
+Each model's live queue gets a consumer of its own (prefetch ``STT_LIVE_PREFETCH``).
+A window is decoded in a worker thread and answered to its ``reply_to`` (direct
+reply-to) with :class:`~stt_daemon.liveprotocol.LiveReply`, then acked; a window
+whose deadline has passed is acked unanswered (nobody waits for it any more).
+
+Live work must not wait behind batch jobs. The engine's worker pool has a slot
+kept for live windows, and :class:`LiveGate` holds batch transcriptions at their
+next Whisper window while any live window is being decoded here, so a live step
+shares the CPU with nothing but other live steps (a batch job loses at most the
+time of the live windows; its 30 s window in progress finishes first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Protocol, TypeVar
+
+import aio_pika
+import numpy as np
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+
+from stt_daemon.liveprotocol import (
+    MAX_WINDOW_BYTES,
+    WINDOW_CONTENT_TYPE,
+    LiveReply,
+    WindowOptions,
+)
+from stt_daemon.metrics import DaemonMetrics
+from stt_daemon.topology import Names
+
+log = structlog.get_logger("stt_daemon.live")
+T = TypeVar("T")
+#: Longest a batch transcription waits at a window boundary for live work to end,
+#: per wait: live sessions that never pause must not starve batch jobs for good.
+MAX_BATCH_HOLD_S = 5.0
+
+
+class LiveEngine(Protocol):
+    """An engine that can answer live windows."""
+
+    name: str
+
+    def transcribe_window(self, samples: Any, options: WindowOptions) -> LiveReply:
+        """Words and speech regions of one window (blocking)."""
+        ...
+
+
+class LiveGate:
+    """Counts live windows being decoded; batch work waits for none to be (bounded)."""
+
+    def __init__(self) -> None:
+        self._busy = 0
+        self._idle = threading.Condition()
+
+    @contextmanager
+    def live(self) -> Iterator[None]:
+        """While inside, batch transcriptions hold at their next window."""
+        with self._idle:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._idle.notify_all()
+
+    def wait_turn(self, timeout: float = MAX_BATCH_HOLD_S) -> None:
+        """Block (a batch worker thread) while live windows are decoded, up to ``timeout``."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0, timeout=timeout)
+
+    def paced(self, items: Iterable[T]) -> Iterator[T]:
+        """``items``, each next one (a lazy Whisper window) started only on batch's turn."""
+        iterator = iter(items)
+        while True:
+            self.wait_turn()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            yield item
+
+
+def pcm16_to_float(body: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """Little-endian 16-bit PCM as float32 in [-1, 1)."""
+    return np.frombuffer(body, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def refusal(message: AbstractIncomingMessage) -> str | None:
+    """Why a window cannot be decoded (None when it can)."""
+    ctype = (message.content_type or "").replace(" ", "").lower()
+    if ctype != WINDOW_CONTENT_TYPE.replace(" ", "").lower():
+        return f"live windows are {WINDOW_CONTENT_TYPE!r}, not {message.content_type!r}"
+    if len(message.body) > MAX_WINDOW_BYTES:
+        return f"window of {len(message.body)} bytes is over {MAX_WINDOW_BYTES}"
+    if len(message.body) % 2:
+        return "16-bit PCM has an even number of bytes"
+    if not message.reply_to:
+        return "a live window needs reply_to"
+    return None
+
+
+class LiveServer:
+    """Consumes the live queues of the models served here and answers each window."""
+
+    def __init__(
+        self,
+        names: Names,
+        engines: Mapping[str, Any],
+        gate: LiveGate,
+        *,
+        prefetch: int,
+        worker: str,
+        user_id: str,
+        metrics: DaemonMetrics | None = None,
+    ) -> None:
+        self._names = names
+        self._engines: dict[str, LiveEngine] = {
+            name: engine for name, engine in engines.items() if hasattr(engine, "transcribe_window")
+        }
+        self._gate = gate
+        self._prefetch = prefetch
+        self._worker = worker
+        self._user = user_id
+        self._metrics = metrics
+        self._reply_channel: AbstractChannel | None = None
+        self.answered = 0
+        self.expired = 0
+
+    async def start(self, consume: AbstractRobustConnection, publish: AbstractChannel) -> None:
+        """Consume each model's live queue on ``consume``; answer on ``publish``."""
+        self._reply_channel = publish
+        for model, engine in self._engines.items():
+            channel = await consume.channel()
+            await channel.set_qos(prefetch_count=self._prefetch)
+            queue = await channel.get_queue(self._names.live_queue(model), ensure=True)
+
+            async def on_window(
+                message: AbstractIncomingMessage, engine: LiveEngine = engine
+            ) -> None:
+                await self._answer(message, engine)
+
+            await queue.consume(on_window)
+        if self._engines:
+            log.info("live.ready", models=list(self._engines), prefetch=self._prefetch)
+
+    async def _answer(self, message: AbstractIncomingMessage, engine: LiveEngine) -> None:
+        started = time.monotonic()
+        try:
+            options = WindowOptions.from_headers(message.headers)
+        except ValueError as exc:
+            await self._reply(message, LiveReply(error=f"invalid window options: {exc}"))
+            return
+        if options.expired():
+            # Nobody waits for it: its session has sent a newer window already.
+            self.expired += 1
+            self._count("expired")
+            await message.ack()
+            return
+        if (why := refusal(message)) is not None:
+            await self._reply(message, LiveReply(error=why, worker=self._worker))
+            return
+        samples = pcm16_to_float(message.body)
+
+        def decode() -> LiveReply:
+            with self._gate.live():
+                return engine.transcribe_window(samples, options)
+
+        try:
+            reply = await asyncio.to_thread(decode)
+        except Exception as exc:  # a window must never take the daemon down
+            log.exception("live.window_failed", session=options.session)
+            reply = LiveReply(error=f"window not transcribed: {type(exc).__name__}")
+        reply.compute_s = round(time.monotonic() - started, 4)
+        reply.worker = self._worker
+        await self._reply(message, reply)
+        self.answered += 1
+        self._count("answered", reply.compute_s)
+
+    async def _reply(self, message: AbstractIncomingMessage, reply: LiveReply) -> None:
+        assert self._reply_channel is not None
+        if message.reply_to:
+            try:
+                await self._reply_channel.default_exchange.publish(
+                    aio_pika.Message(
+                        reply.model_dump_json(exclude_defaults=True).encode(),
+                        content_type="application/json",
+                        correlation_id=message.correlation_id,
+                        user_id=self._user,
+                    ),
+                    routing_key=message.reply_to,
+                )
+            except Exception as exc:  # the session went away: its next window goes elsewhere
+                log.info("live.reply_not_sent", error=f"{type(exc).__name__}: {exc}")
+        await message.ack()
+
+    def _count(self, outcome: str, seconds: float | None = None) -> None:
+        if self._metrics is not None:
+            self._metrics.live_window(outcome, seconds)
