@@ -189,6 +189,24 @@ class BrokerLink:
         ready = queue.declaration_result.message_count or 0
         return ready >= self._settings.max_queued
 
+    async def publish_result_event(self, routing_key: str, body: bytes, message_id: str) -> None:
+        """Publish on the results exchange (live sessions' news), confirmed, as this gateway."""
+        if not self.ready or self.topology is None:
+            raise BrokerUnavailable("the message broker is not reachable")
+        message = aio_pika.Message(
+            body,
+            content_type=JSON_CONTENT_TYPE,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+            user_id=self._user,
+            type=routing_key,
+        )
+        try:
+            async with asyncio.timeout(self._settings.publish_timeout):
+                await self.topology.results_exchange.publish(message, routing_key=routing_key)
+        except (TimeoutError, AMQPError, ConnectionError, RuntimeError) as exc:
+            raise BrokerUnavailable(f"publish failed: {type(exc).__name__}") from None
+
     async def publish_cancel(self, request: CancelRequest) -> None:
         """Publish a cancellation to the control exchange (its stream keeps it a day)."""
         if not self.ready or self.topology is None or self.topology.control_exchange is None:

@@ -74,6 +74,24 @@ class GatewaySettings(CommonSettings):
     event_publishers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["stt-daemon"])
     #: Deliveries of one event the status store may refuse (1 s apart) before it is dropped.
     recorder_max_attempts: int = Field(default=20, ge=1)
+    #: Event streams open at once per gateway process (``GET /v1/jobs/{id}/events`` and
+    #: ``stream=true`` transcriptions); past it, 503. Each lasts at most ``sync_timeout``.
+    max_event_streams: int = Field(default=100, ge=0)
+    #: Seconds without an event after which a stream sends a ``: keep-alive`` comment.
+    event_stream_heartbeat: float = Field(default=15.0, gt=0)
+
+    #: Live-transcription sessions open at once per gateway process; past it, refused.
+    live_max_sessions: int = Field(default=8, ge=0)
+    #: Seconds a live session may go without receiving audio before it is closed.
+    live_idle_timeout: float = Field(default=30.0, gt=0)
+    #: Longest live session, seconds of audio.
+    live_max_seconds: float = Field(default=4 * 3600.0, gt=0)
+    #: New audio between two live windows, seconds (about one request a second).
+    live_step: float = Field(default=1.0, ge=0.2, le=10)
+    #: Seconds a live window waits for a daemon before the next supersedes it.
+    live_window_timeout: float = Field(default=5.0, gt=0, le=60)
+    #: Silence that ends an utterance, seconds.
+    live_end_silence: float = Field(default=0.5, ge=0.1, le=10)
 
     @property
     def serves_api_docs(self) -> bool:

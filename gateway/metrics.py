@@ -108,6 +108,31 @@ class GatewayMetrics:
             multiprocess_mode="mostrecent",
         )
 
+        self.live_sessions = Gauge(
+            "stt_gateway_live_sessions",
+            "Live-transcription sessions open on this gateway.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.live_windows = Counter(
+            "stt_gateway_live_windows",
+            "Live windows sent to daemons, by outcome (answered, missed: no answer in time).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.live_window_latency = Histogram(
+            "stt_gateway_live_window_seconds",
+            "Seconds from sending a live window to its answer.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def live_window(self, outcome: str, seconds: float | None) -> None:
+        """One live window's outcome, with its latency when answered."""
+        self.live_windows.labels(outcome).inc()
+        if seconds is not None:
+            self.live_window_latency.observe(seconds)
+
     def exposition(self) -> bytes:
         """The text exposition format; with several workers, all of theirs summed."""
         if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:

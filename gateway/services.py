@@ -15,6 +15,7 @@ from gateway.broker import BrokerLink, BrokerUnavailable, QueueFull, UnroutableJ
 from gateway.config import GatewaySettings
 from gateway.egress import EgressPolicy, EgressRefused, check_callback_url
 from gateway.fleet import Fleet
+from gateway.livesessions import LiveSessions
 from gateway.metrics import GatewayMetrics
 from gateway.requestid import current_request_id
 from gateway.store import JobRecord, StatusStore
@@ -43,6 +44,8 @@ class Services:
     broker: BrokerLink
     fleet: Fleet
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    #: Live-transcription sessions (set by the app's lifespan).
+    live: LiveSessions | None = None
 
     def accepted_models(self) -> list[str]:
         """Models a job may ask for: those configured here (their queues exist even

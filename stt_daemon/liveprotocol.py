@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stt_daemon.protocol import SCHEMA_VERSION, Task
+from stt_daemon.protocol import SCHEMA_VERSION, Segment, Task, TranscriptResult, utcnow
 
 #: Raw PCM: 16-bit little-endian signed, mono, 16 kHz.
 WINDOW_CONTENT_TYPE = "audio/x-stt-pcm16; rate=16000"
@@ -116,4 +117,23 @@ class LiveReply(BaseModel):
     compute_s: float = 0.0
     worker: str | None = None
     #: Set instead of a hypothesis when the window was refused (bad audio, options).
+    error: str | None = None
+
+
+class SessionEvent(BaseModel):
+    """A live session's news on the results exchange (``session.segment``, ``session.ended``).
+
+    ``session.segment`` carries one complete utterance as it is committed, so that
+    downstream services can follow a meeting while it happens; ``session.ended``
+    carries the whole transcript (the session is also a job: its id answers
+    ``GET /v1/jobs/{id}`` and its result every format, like any job's).
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event: Literal["session.segment", "session.ended"]
+    session_id: str
+    model: str
+    timestamp: datetime = Field(default_factory=utcnow)
+    segment: Segment | None = None
+    result: TranscriptResult | None = None
     error: str | None = None
