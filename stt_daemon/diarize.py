@@ -9,10 +9,11 @@ is a different problem, not solved here.)
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 from stt_daemon.audio import PcmFile
 from stt_daemon.engine import Engine, ProgressCallback
-from stt_daemon.protocol import JobOptions, TranscriptResult
+from stt_daemon.protocol import JobOptions, Segment, TranscriptResult
 
 
 def speaker_label(channel: int) -> str:
@@ -35,7 +36,11 @@ def transcribe_channels(
     results: list[TranscriptResult] = []
     for index in range(count):
 
-        def progress(fraction: float, index: int = index) -> None:
+        def progress(
+            fraction: float, _segments: Sequence[Segment] = (), /, index: int = index
+        ) -> None:
+            # One channel's segments are not streamed: the result orders every
+            # channel's by time, so they come with it.
             on_progress((index + fraction) / count)
 
         results.append(engine.transcribe(channels.channel(index), per_channel, progress, cancelled))

@@ -8,7 +8,7 @@ iteration happens here, never on the event loop.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any, Protocol
@@ -22,7 +22,17 @@ from stt_daemon.models import ModelRef
 from stt_daemon.protocol import JobOptions, Segment, TranscriptResult, Word
 from stt_daemon.vad import speech_timestamps
 
-ProgressCallback = Callable[[float], None]
+
+class ProgressCallback(Protocol):
+    """Told how far a transcription is, with the segments finished since the last call.
+
+    Called from the transcribing thread. Engines that have no segments to show as they
+    go (the stand-in) pass the fraction alone.
+    """
+
+    def __call__(self, fraction: float, segments: Sequence[Segment] = (), /) -> None:
+        """``fraction`` of the audio is done; ``segments`` are new since the last call."""
+        ...
 
 
 class JobCancelled(Exception):
@@ -241,7 +251,7 @@ class WhisperEngine:
                 # seek: the window's first mel frame, 100 a second.
                 tracker.add(segment, seg.seek / 100, seg.tokens, seg.temperature or 0.0)
             if duration > 0:
-                on_progress(min(seg.end / duration, 1.0))
+                on_progress(min(seg.end / duration, 1.0), (segment,))
         return TranscriptResult(
             text="".join(s.text for s in segments).strip(),
             language=language,

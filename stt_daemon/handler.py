@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -41,6 +41,7 @@ from stt_daemon.protocol import (
     InboundJob,
     JobEvent,
     JobOptions,
+    Segment,
     TranscriptResult,
     decode_job,
     utcnow,
@@ -357,7 +358,8 @@ class JobHandler:
         if (too_long := self._admission.refusal(options.model, audio_s)) is not None:
             raise PermanentError(ErrorCode.AUDIO_TOO_LONG, too_long)
         mark = time.monotonic()
-        # A part's own progress is not its recording's: parts report as they finish.
+        # A part's own progress is not its recording's: parts report as they finish,
+        # and their segments reach clients with the recording's result only.
         progress = (
             self._settle.progress_reporter(job, attempt)
             if job.message.part is None
@@ -365,9 +367,9 @@ class JobHandler:
         )
         done = [tracker.resume.fraction if tracker.resume is not None else 0.0]
 
-        def report(fraction: float) -> None:
+        def report(fraction: float, segments: Sequence[Segment] = (), /) -> None:
             done[0] = fraction
-            progress(fraction)
+            progress(fraction, segments)
 
         rtf = self._admission.rtf(options.model)
         # JobCancelled from the thread: a user cancelled the job, or the daemon is stopping

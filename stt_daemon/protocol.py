@@ -292,6 +292,11 @@ class JobEvent(_Wire):
     attempt: int | None = None
     worker: str | None = None
     progress: float | None = Field(default=None, ge=0.0, le=1.0)
+    #: On ``job.progress``: the segments finished since the attempt's previous progress
+    #: event (ids count from the recording's start), so that a transcript can be shown
+    #: as it grows. Absent elsewhere, and for split recordings and ``diarize=channels``,
+    #: whose segments come with the final result only. The final ``result`` is the truth.
+    segments: list[Segment] | None = None
     result: TranscriptResult | None = None
     error: ErrorInfo | None = None
     #: The job's options, on final events: consumers (webhooks, outside producers'

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
@@ -27,7 +27,10 @@ from stt_daemon.blobs import BlobError, BlobStore
 from stt_daemon.checkpoints import Checkpoint, CheckpointStore
 from stt_daemon.events import EventPublisher
 from stt_daemon.handback import Handback
-from stt_daemon.protocol import ErrorCode, EventType, InboundJob, JobEvent
+from stt_daemon.protocol import ErrorCode, EventType, InboundJob, JobEvent, Segment
+
+if TYPE_CHECKING:
+    from stt_daemon.engine import ProgressCallback
 
 log = structlog.get_logger("stt_daemon.handler")
 
@@ -76,7 +79,7 @@ def backoff(attempt: int, base: float, cap: float = 60.0) -> float:
     return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
 
 
-def ignore_progress(_fraction: float) -> None:
+def ignore_progress(_fraction: float, _segments: Sequence[Segment] = (), /) -> None:
     """A progress callback that reports nothing."""
 
 
@@ -124,18 +127,33 @@ class Settler:
         except Exception as exc:
             log.debug("progress.not_published", error=str(exc))
 
-    def progress_reporter(self, job: InboundJob, attempt: int) -> Callable[[float], None]:
-        """A thread-safe callback that publishes throttled ``job.progress`` events."""
+    def progress_reporter(self, job: InboundJob, attempt: int) -> ProgressCallback:
+        """A thread-safe callback that publishes throttled ``job.progress`` events.
+
+        Each event carries the segments finished since the previous one: those that
+        came between two allowed events wait for the next, none is dropped. Those
+        finished after the last event come with the final result only.
+        """
         loop = asyncio.get_running_loop()
         interval = self._progress_interval
         last = [0.0]
+        # Touched only by the one thread that transcribes the job.
+        unsent: list[Segment] = []
 
-        def report(fraction: float) -> None:
+        def report(fraction: float, segments: Sequence[Segment] = (), /) -> None:
+            unsent.extend(segments)
             now = time.monotonic()
             if now - last[0] < interval or fraction >= 1.0:
                 return
             last[0] = now
-            event = self.event(job, EventType.PROGRESS, attempt, progress=round(fraction, 4))
+            event = self.event(
+                job,
+                EventType.PROGRESS,
+                attempt,
+                progress=round(fraction, 4),
+                segments=list(unsent) or None,
+            )
+            unsent.clear()
             loop.call_soon_threadsafe(lambda: loop.create_task(self.publish_quietly(event)))
 
         return report
