@@ -16,6 +16,7 @@ from gateway.callbacks import CallbackSender
 from gateway.config import GatewaySettings
 from gateway.errors import install_error_handlers
 from gateway.fleet import Fleet
+from gateway.jobfeed import JobFeed
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.recorder import Recorder
 from gateway.requestid import RequestIdMiddleware
@@ -56,6 +57,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         recorder_link.on_connected(gateway_metrics.attach)
         fleet = Fleet(settings.names)
         recorder_link.on_connected(fleet.start)
+        # Event streams: this process's own copy of the job events (gateway/jobfeed.py).
+        app.state.jobfeed = JobFeed.from_settings(settings)
+        recorder_link.on_connected(app.state.jobfeed.start)
         callbacks = _callback_sender(settings)
         if callbacks is not None:
             recorder_link.on_connected(callbacks.start)

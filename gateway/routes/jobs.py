@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel
 
+from gateway import sse
 from gateway.auth import REQUIRE_KEY, OwnerDep
 from gateway.formats import MEDIA_TYPES, ResultFormat, render
-from gateway.services import IdempotencyKey, ServicesDep
+from gateway.jobfeed import (
+    JobFeedDep,
+    StreamTimeout,
+    Subscription,
+    TooManyStreams,
+    follow,
+)
+from gateway.services import IdempotencyKey, Services, ServicesDep
 from gateway.store import JobRecord
 from gateway.uploads import receive_upload
-from stt_daemon.protocol import ErrorInfo, JobStatus, TranscriptResult
+from stt_daemon.protocol import ErrorInfo, JobEvent, JobStatus, TranscriptResult
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[REQUIRE_KEY])
 
@@ -123,3 +132,67 @@ async def get_result(
         )
     body, media_type = render(record.result, format)
     return Response(body, media_type=media_type)
+
+
+#: Fields of an event that name the deployment's insides (broker user, daemon host).
+PRIVATE_EVENT_FIELDS = {"producer", "worker"}
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=sse.EventStream,
+    status_code=200,
+    responses={
+        200: {"content": {sse.MEDIA_TYPE: {}}, "description": "server-sent events"},
+        503: {"description": "too many event streams open on this gateway"},
+    },
+)
+async def job_events(
+    job_id: str, services: ServicesDep, owner: OwnerDep, feed: JobFeedDep
+) -> sse.EventStream:
+    """The job's events as server-sent events: first ``job.status`` (the job as
+    ``GET /v1/jobs/{id}`` shows it), then ``job.started``, ``job.progress``... up to
+    the final event, after which the stream ends."""
+    try:
+        subscription = feed.open(job_id)
+    except TooManyStreams as exc:
+        retry = {"Retry-After": str(services.settings.retry_after)}
+        raise HTTPException(503, str(exc), headers=retry) from None
+    try:
+        # Read after subscribing: an event that changes the job now is sent, not missed.
+        record = await services.job_or_404(job_id, owner=owner)
+    except BaseException:
+        subscription.close()
+        raise
+    return sse.EventStream(
+        _event_stream(services, subscription, record), on_close=subscription.close
+    )
+
+
+async def _event_stream(
+    services: Services, subscription: Subscription, record: JobRecord
+) -> AsyncIterator[bytes]:
+    settings = services.settings
+    try:
+        yield sse.event(JobView.of(record).model_dump_json(), "job.status")
+        events = follow(
+            subscription,
+            services.store,
+            record,
+            heartbeat=settings.event_stream_heartbeat,
+            limit=settings.sync_timeout,
+        )
+        async for event in events:
+            yield sse.KEEP_ALIVE if event is None else _sse_of(event)
+    except StreamTimeout:
+        yield sse.comment(
+            f"closed after {settings.sync_timeout:g} s (STT_SYNC_TIMEOUT); reconnect to follow"
+        )
+    finally:
+        subscription.close()
+
+
+def _sse_of(event: JobEvent) -> bytes:
+    """``event: job.progress`` and the event's JSON (its null fields left out)."""
+    data = event.model_dump_json(exclude_none=True, exclude=PRIVATE_EVENT_FIELDS)
+    return sse.event(data, event.event.value)

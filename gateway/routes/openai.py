@@ -5,13 +5,18 @@ the broker like any other, and the request waits (up to ``STT_SYNC_TIMEOUT``) un
 recorder has seen it final. Errors take OpenAI's shape, ``{"error": {"message", "type",
 "param", "code"}}``, so that the official clients raise their usual exceptions; the rest of
 the gateway keeps ``{"detail": ...}``.
+
+With ``stream=true`` the answer is server-sent events, as OpenAI streams a transcription:
+``transcript.text.delta`` as segments of the job finish (the daemons' ``job.progress``
+events carry them), then ``transcript.text.done`` with the whole text; a job that fails
+or times out ends the stream with an error event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -20,14 +25,25 @@ import structlog
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
+from gateway import sse
 from gateway.auth import REQUIRE_KEY_OPENAI, OpenAIOwnerDep
 from gateway.broker import BrokerUnavailable, QueueFull, UnroutableJob
 from gateway.errors import QUEUE_FULL_DETAIL, openai_error
 from gateway.formats import ResultFormat, render, to_verbose_json
+from gateway.jobfeed import StreamTimeout, Subscription, TooManyStreams, follow, get_feed
 from gateway.services import Services, ServicesDep
 from gateway.store import JobRecord
 from gateway.uploads import receive_upload
-from stt_daemon.protocol import ErrorCode, JobOptions, JobStatus, Task, TranscriptResult
+from stt_daemon.protocol import (
+    ErrorCode,
+    ErrorInfo,
+    JobEvent,
+    JobOptions,
+    JobStatus,
+    Segment,
+    Task,
+    TranscriptResult,
+)
 
 # Keys are checked before the upload is read; a refusal is in OpenAI's shape too.
 router = APIRouter(prefix="/v1/audio", tags=["openai"], dependencies=[REQUIRE_KEY_OPENAI])
@@ -42,6 +58,10 @@ EXTRA_OPTIONS = ("hotwords", "vad_filter", "beam_size", "split")
 CLIENT_ERRORS = frozenset({ErrorCode.BAD_AUDIO, ErrorCode.AUDIO_TOO_LONG})
 POLL_INTERVAL = 0.1
 JOB_ID_HEADER = "X-Job-Id"
+#: What a streamed transcription may be asked to answer in (OpenAI streams text only).
+STREAM_FORMATS = frozenset({ResultFormat.JSON, ResultFormat.TEXT})
+#: Segments a stream holds back while one before them is missing (they come with the result).
+MAX_HELD_SEGMENTS = 1000
 
 
 class Granularity(StrEnum):
@@ -83,6 +103,12 @@ class OpenAIError(Exception):
             self.status, self.message, param=self.param, code=self.code, headers=self.headers
         )
 
+    def event(self) -> bytes:
+        """The error as an event of a stream that has begun (the client raises ``APIError``)."""
+        kind = "server_error" if self.status >= 500 else "invalid_request_error"
+        error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
+        return sse.event({"type": "error", "error": error})
+
 
 @dataclass(frozen=True)
 class SyncRequest:
@@ -91,12 +117,13 @@ class SyncRequest:
     fields: dict[str, Any]
     response_format: ResultFormat
     granularities: frozenset[Granularity]
+    #: Answer server-sent events as the job goes (``stream=true``).
+    stream: bool = False
 
 
 def parse_form(form: Mapping[str, str], task: Task, default_model: str) -> SyncRequest:
     """Translate OpenAI's form fields into our job fields (validated later by job_options)."""
-    if form.get("stream", "").lower() in {"true", "1"}:
-        raise OpenAIError(400, "streaming is not supported here", param="stream")
+    stream = form.get("stream", "").lower() in {"true", "1"}
     raw_format = form.get("response_format") or ResultFormat.JSON.value
     try:
         response_format = ResultFormat(raw_format)
@@ -111,6 +138,12 @@ def parse_form(form: Mapping[str, str], task: Task, default_model: str) -> SyncR
             400,
             "timestamp_granularities requires response_format=verbose_json",
             param="timestamp_granularities",
+        )
+    if stream and response_format not in STREAM_FORMATS:
+        raise OpenAIError(
+            400,
+            "stream=true answers text events: response_format must be json or text",
+            param="response_format",
         )
     model = form.get("model", "")
     if model in OPENAI_MODEL_NAMES or model.startswith(OPENAI_MODEL_PREFIX):
@@ -127,7 +160,7 @@ def parse_form(form: Mapping[str, str], task: Task, default_model: str) -> SyncR
         fields["temperature"] = temperature
     if Granularity.WORD in granularities:
         fields["word_timestamps"] = True
-    return SyncRequest(fields, response_format, granularities)
+    return SyncRequest(fields, response_format, granularities, stream)
 
 
 def _granularities(form: Mapping[str, str]) -> frozenset[Granularity]:
@@ -173,18 +206,35 @@ def render_result(
 
 def failure_error(record: JobRecord) -> OpenAIError:
     """The error for a job that ended without a result."""
-    headers = {JOB_ID_HEADER: record.id}
-    if record.status is JobStatus.CANCELLED:
+    return _failure(record.id, record.status, record.error)
+
+
+def _failure(job_id: str, status: JobStatus, error: ErrorInfo | None) -> OpenAIError:
+    headers = {JOB_ID_HEADER: job_id}
+    if status is JobStatus.CANCELLED:
         return OpenAIError(
-            409, f"job {record.id} was cancelled", code="cancelled", retry=False, headers=headers
+            409, f"job {job_id} was cancelled", code="cancelled", retry=False, headers=headers
         )
-    code = record.error.code if record.error else ErrorCode.INTERNAL
-    reason = record.error.message if record.error else "unknown reason"
+    code = error.code if error else ErrorCode.INTERNAL
+    reason = error.message if error else "unknown reason"
     if code in CLIENT_ERRORS:
         return OpenAIError(400, reason, param="file", code=code.value, headers=headers)
     # The daemon already retried what was worth retrying; a client retry would start over.
-    message = f"job {record.id} failed: {reason}"
+    message = f"job {job_id} failed: {reason}"
     return OpenAIError(500, message, code=code.value, retry=False, headers=headers)
+
+
+def timeout_error(job_id: str, timeout: float) -> OpenAIError:
+    """A job not final within ``STT_SYNC_TIMEOUT``: it goes on, and says where to look."""
+    log.warning("openai.sync_timeout", job_id=job_id, timeout=timeout)
+    return OpenAIError(
+        504,
+        f"job {job_id} did not finish within {timeout:g} s (STT_SYNC_TIMEOUT); it "
+        f"goes on: poll /v1/jobs/{job_id} and fetch /v1/jobs/{job_id}/result",
+        code="timeout",
+        retry=False,
+        headers={JOB_ID_HEADER: job_id},
+    )
 
 
 async def wait_final(services: Services, request: Request, job_id: str) -> JobRecord | None:
@@ -196,15 +246,7 @@ async def wait_final(services: Services, request: Request, job_id: str) -> JobRe
         if record is not None and record.status.is_final:
             return record
         if time.monotonic() >= deadline:
-            log.warning("openai.sync_timeout", job_id=job_id, timeout=timeout)
-            raise OpenAIError(
-                504,
-                f"job {job_id} did not finish within {timeout:g} s (STT_SYNC_TIMEOUT); it "
-                f"goes on: poll /v1/jobs/{job_id} and fetch /v1/jobs/{job_id}/result",
-                code="timeout",
-                retry=False,
-                headers={JOB_ID_HEADER: job_id},
-            )
+            raise timeout_error(job_id, timeout)
         if await request.is_disconnected():
             # Nobody to answer; the job goes on and its result stays fetchable.
             log.info("openai.client_gone", job_id=job_id)
@@ -223,6 +265,98 @@ def _options(services: Services, fields: dict[str, Any]) -> JobOptions:
         raise OpenAIError(400, str(exc.detail), param=param, code=code) from None
 
 
+class TranscriptSoFar:
+    """The deltas of a streamed transcript: each segment once, in order, none skipped.
+
+    Segments come in ``job.progress`` events; one that is missing (an event dropped
+    for a slow client, or published before the stream began) holds back those after
+    it, and the final result brings the rest. So the deltas add up to the final text.
+    """
+
+    def __init__(self) -> None:
+        self.next_id = 0
+        self._held: dict[int, Segment] = {}
+        self._started = False
+
+    def add(self, segments: Iterable[Segment]) -> str:
+        """The text the stream can send now, given these new segments."""
+        for segment in segments:
+            # Lower ids were sent already (a retried attempt sends them again).
+            if segment.id >= self.next_id and len(self._held) < MAX_HELD_SEGMENTS:
+                self._held[segment.id] = segment
+        parts = []
+        while self.next_id in self._held:
+            parts.append(self._held.pop(self.next_id).text)
+            self.next_id += 1
+        return self._delta("".join(parts))
+
+    def rest(self, result: TranscriptResult) -> str:
+        """The text of the result that was not sent yet."""
+        if self.next_id == 0:
+            return self._delta(result.text)
+        return self._delta("".join(s.text for s in result.segments if s.id >= self.next_id))
+
+    def _delta(self, text: str) -> str:
+        if not self._started:
+            text = text.lstrip()  # as the final text begins
+            self._started = bool(text)
+        return text
+
+
+def _delta_event(delta: str) -> bytes:
+    return sse.event({"type": "transcript.text.delta", "delta": delta})
+
+
+def _final_events(transcript: TranscriptSoFar, final: JobEvent) -> Iterator[bytes]:
+    if final.event.status is not JobStatus.SUCCEEDED or final.result is None:
+        yield _failure(final.job_id, final.status, final.error).event()
+        return
+    if rest := transcript.rest(final.result):
+        yield _delta_event(rest)
+    yield sse.event({"type": "transcript.text.done", "text": final.result.text})
+
+
+async def transcript_stream(
+    services: Services, record: JobRecord, subscription: Subscription
+) -> AsyncIterator[bytes]:
+    """OpenAI's transcription events for a job, until it is final or ``STT_SYNC_TIMEOUT``."""
+    settings = services.settings
+    transcript = TranscriptSoFar()
+    try:
+        events = follow(
+            subscription,
+            services.store,
+            record,
+            heartbeat=settings.event_stream_heartbeat,
+            limit=settings.sync_timeout,
+        )
+        async for event in events:
+            if event is None:
+                yield sse.KEEP_ALIVE
+            elif event.status.is_final:
+                for chunk in _final_events(transcript, event):
+                    yield chunk
+                return
+            elif event.segments and (delta := transcript.add(event.segments)):
+                yield _delta_event(delta)
+        yield OpenAIError(500, f"job {record.id} is no longer known", code="internal").event()
+    except StreamTimeout:
+        yield timeout_error(record.id, settings.sync_timeout).event()
+    except Exception:
+        log.exception("openai.stream_failed", job_id=record.id)
+        yield OpenAIError(500, "internal server error").event()
+    finally:
+        subscription.close()
+
+
+def _open_stream(request: Request, services: Services) -> Subscription:
+    try:
+        return get_feed(request).open()
+    except TooManyStreams as exc:
+        wait = {"Retry-After": str(services.settings.retry_after)}
+        raise OpenAIError(503, str(exc), code="too_many_streams", headers=wait) from None
+
+
 async def _transcribe(
     request: Request, services: Services, task: Task, owner: str | None
 ) -> Response:
@@ -231,17 +365,28 @@ async def _transcribe(
     try:
         asked = parse_form(upload.fields, task, settings.model_names[0])
         options = _options(services, asked.fields)
+        # Before the job is submitted: a gateway with no stream to spare makes no job.
+        subscription = _open_stream(request, services) if asked.stream else None
     except Exception:
         upload.discard()
         raise
     assert upload.blob is not None
-    record = await services.submit(
-        upload.blob,
-        options,
-        filename=upload.filename,
-        content_type=upload.content_type,
-        owner=owner,
-    )
+    try:
+        record = await services.submit(
+            upload.blob,
+            options,
+            filename=upload.filename,
+            content_type=upload.content_type,
+            owner=owner,
+        )
+    except BaseException:
+        if subscription is not None:
+            subscription.close()
+        raise
+    if subscription is not None:
+        subscription.follow(record.id)
+        body = transcript_stream(services, record, subscription)
+        return sse.EventStream(body, subscription.close, headers={JOB_ID_HEADER: record.id})
     final = await wait_final(services, request, record.id)
     if final is None:
         return Response(status_code=499)
@@ -291,6 +436,7 @@ def _form_schema(task: Task) -> dict[str, Any]:
         "prompt": string,
         "response_format": {"type": "string", "enum": [f.value for f in ResultFormat]},
         "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+        "stream": {"type": "boolean", "description": "answer server-sent events"},
         "timestamp_granularities[]": {
             "type": "array",
             "items": {"type": "string", "enum": [g.value for g in Granularity]},
@@ -305,7 +451,9 @@ def _form_schema(task: Task) -> dict[str, Any]:
 
 _ERROR = {"description": "OpenAI's error shape: {'error': {message, type, param, code}}"}
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/json": {}, "text/plain": {}, "text/vtt": {}}},
+    200: {
+        "content": {"application/json": {}, "text/plain": {}, "text/vtt": {}, sse.MEDIA_TYPE: {}}
+    },
     400: _ERROR,
     401: _ERROR,
     429: _ERROR,

@@ -208,7 +208,7 @@ async def test_subtitles_and_text(gateway: Any) -> None:
         ({"timestamp_granularities[]": "word"}, "timestamp_granularities"),
         ({"timestamp_granularities[]": "sentence", "response_format": "verbose_json"}, None),
         ({"temperature": "2"}, None),
-        ({"stream": "true"}, "stream"),
+        ({"stream": "true", "response_format": "vtt"}, "response_format"),
     ],
 )
 async def test_refused_forms_are_400_and_leave_nothing(
