@@ -17,6 +17,8 @@ from gateway.config import GatewaySettings
 from gateway.errors import install_error_handlers
 from gateway.fleet import Fleet
 from gateway.jobfeed import JobFeed
+from gateway.livebroker import LiveClient
+from gateway.livesessions import LiveSessions
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.recorder import Recorder
 from gateway.requestid import RequestIdMiddleware
@@ -48,9 +50,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         # The recorder gets a connection of its own: a memory alarm that blocks
         # publishing must not stop statuses from being recorded.
         recorder_link = BrokerLink(settings, role="recorder")
-        recorder = Recorder(
-            store, settings.names, settings.recorder_prefetch, gateway_metrics.event_recorded
-        )
+        recorder = Recorder.from_settings(store, settings, gateway_metrics.event_recorded)
         recorder_link.on_connected(recorder.start)
         # Queue depths are read on the recorder's connection: it never publishes,
         # so a memory alarm that blocks publishers does not stall a scrape.
@@ -63,6 +63,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         callbacks = _callback_sender(settings)
         if callbacks is not None:
             recorder_link.on_connected(callbacks.start)
+        # Live windows get a connection of their own: they must not queue behind
+        # uploads' job publishes, nor stall when the recorder is busy.
+        live_link = BrokerLink(settings, role="live")
+        live_client = LiveClient(settings.names, settings.amqp_url, settings.publish_timeout)
+        live_link.on_connected(live_client.start)
         app.state.services = Services(
             settings=settings,
             blobs=BlobStore(settings.resolved_blob_url),
@@ -71,7 +76,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             fleet=fleet,
             metrics=gateway_metrics,
         )
+        services = app.state.services
+        services.live = LiveSessions(settings, live_client, store, publisher, gateway_metrics)
         publisher.start()
+        live_link.start()
         recorder_link.start()
         log.info(
             "gateway.started",
@@ -83,6 +91,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await live_link.close()
             await publisher.close()
             await recorder_link.close()
             if callbacks is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -34,6 +35,8 @@ from stt_daemon.protocol import Segment, Task, TranscriptResult, Word
 log = structlog.get_logger("gateway.live")
 
 SAMPLE_RATE = 16000
+#: Window timings a session keeps (the latest ones): an hour of windows.
+STATS_KEPT = 3600
 BYTES_PER_SECOND = SAMPLE_RATE * 2
 
 
@@ -130,7 +133,10 @@ class WindowStats:
     sent: int = 0
     answered: int = 0
     missed: int = 0
-    latencies: list[float] = field(default_factory=list)
+    #: Seconds from sending each of the latest windows to its answer (bounded).
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_KEPT))
+    #: The daemons' own time per answered window (the rest of the latency is transport).
+    compute: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_KEPT))
 
 
 class LiveSession:
@@ -287,6 +293,7 @@ class LiveSession:
         latency = time.monotonic() - started
         self.stats.answered += 1
         self.stats.latencies.append(latency)
+        self.stats.compute.append(reply.compute_s)
         if self._on_window is not None:
             self._on_window("answered", latency)
         return reply

@@ -14,10 +14,12 @@ from types import SimpleNamespace
 from typing import Any, Protocol
 
 from stt_daemon import features
-from stt_daemon.audio import SAMPLE_RATE, Samples
+from stt_daemon.audio import SAMPLE_RATE, ArraySamples, Samples
 from stt_daemon.checkpoints import Tracker
 from stt_daemon.cores import usable_cores
 from stt_daemon.features import WindowedFeatures
+from stt_daemon.live import LiveGate
+from stt_daemon.liveprotocol import LiveReply, LiveWord, WindowOptions
 from stt_daemon.models import ModelRef
 from stt_daemon.protocol import JobOptions, Segment, TranscriptResult, Word
 from stt_daemon.vad import speech_timestamps
@@ -33,6 +35,11 @@ class ProgressCallback(Protocol):
     def __call__(self, fraction: float, segments: Sequence[Segment] = (), /) -> None:
         """``fraction`` of the audio is done; ``segments`` are new since the last call."""
         ...
+
+
+#: Voice activity for live windows: an utterance ends after ~500 ms of silence, so
+#: stretches apart by 300 ms are two, and speech is padded by little.
+LIVE_VAD = {"min_silence_duration_ms": 300, "speech_pad_ms": 100}
 
 
 class JobCancelled(Exception):
@@ -109,6 +116,9 @@ class WhisperEngine:
         # Features a window at a time, from the recording on disk (see features.py).
         self._features = WindowedFeatures(self._model.feature_extractor)
         self._model.feature_extractor = self._features
+        #: Holds batch transcriptions at a window boundary while live windows are
+        #: decoded (stt_daemon/live.py); the daemon shares one with its live server.
+        self.gate = LiveGate()
 
     def _whisper_kwargs(self, options: JobOptions) -> dict[str, Any]:
         """faster-whisper's arguments for a job; only what the job set overrides the defaults."""
@@ -184,7 +194,13 @@ class WhisperEngine:
             tracker = None
         with self._segments(audio, options, tracker) as (segments_iter, info):
             return self._collect(
-                audio, options, on_progress, cancelled, tracker, segments_iter, info
+                audio,
+                options,
+                on_progress,
+                cancelled,
+                tracker,
+                self.gate.paced(segments_iter),
+                info,
             )
 
     @contextmanager
@@ -280,3 +296,41 @@ class WhisperEngine:
             words=words,
             avg_logprob=round(seg.avg_logprob, 4),
         )
+
+    def transcribe_window(self, samples: Any, options: WindowOptions) -> LiveReply:
+        """A live session's window (at most ~30 s, in memory): words and where speech is.
+
+        Greedy, at temperature 0 and without fallback: a live step must take a
+        predictable, short time, and temperature fallback doubles the error rate on
+        windows cut mid-word. No VAD filter inside Whisper: the voice-activity view
+        is computed apart and returned, and a window without speech is not decoded.
+        """
+        from faster_whisper.vad import VadOptions
+
+        duration = len(samples) / SAMPLE_RATE
+        regions = speech_timestamps(ArraySamples(samples), VadOptions(**LIVE_VAD))
+        speech = [(round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3)) for a, b in regions]
+        if not speech:
+            return LiveReply(duration=duration, speech=[], language=options.language)
+        segments, info = self._model.transcribe(
+            samples,
+            language=options.language,
+            task=options.task.value,
+            beam_size=1,
+            temperature=0.0,
+            word_timestamps=True,
+            condition_on_previous_text=False,
+            initial_prompt=options.prompt,
+            vad_filter=False,
+        )
+        words = [
+            LiveWord(
+                start=round(w.start, 3),
+                end=round(w.end, 3),
+                word=w.word,
+                probability=round(w.probability, 4),
+            )
+            for segment in segments
+            for w in segment.words or ()
+        ]
+        return LiveReply(duration=duration, words=words, speech=speech, language=info.language)
