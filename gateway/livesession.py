@@ -172,6 +172,8 @@ class LiveSession:
         self._utterance_from = 0
         self._utterances: list[Utterance] = []
         self._in_speech = False
+        #: New audio to wait for before the next window (shorter when speech just stopped).
+        self._next_step = limits.step
         self._language: str | None = options.language
         self._events: asyncio.Queue[LiveEvent | None] = asyncio.Queue()
         self.stats = WindowStats()
@@ -266,7 +268,8 @@ class LiveSession:
         self._end(None)
 
     async def _wait_for_audio(self) -> None:
-        while not self._input_done and self._received - self._sent_until < self._limits.step:
+        step = self._next_step
+        while not self._input_done and self._received - self._sent_until < step:
             self._arrived.clear()
             await self._arrived.wait()
 
@@ -325,6 +328,11 @@ class LiveSession:
         committed = self._agreement.insert(words)
         self._emit(Hypothesis(committed, self._agreement.tail))
         silent_for = window_end - speech[-1][1] if speech else reply.duration
+        self._next_step = self._limits.step
+        if self.options.vad and self._in_speech and 0 < silent_for < self._limits.end_silence:
+            # Speech may just have stopped: look again as soon as enough silence is in,
+            # not a whole step later, so the utterance completes promptly.
+            self._next_step = max(0.2, self._limits.end_silence - silent_for + 0.05)
         if self.options.vad and self._in_speech and silent_for >= self._limits.end_silence:
             stop = speech[-1][1] if speech else window_end - silent_for
             self._emit(SpeechStopped(round(stop, 3)))

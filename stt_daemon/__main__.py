@@ -34,7 +34,7 @@ def load_engines(settings: DaemonSettings) -> dict[str, Engine]:
             ref,
             # The quarantine consumer's one job and live windows get workers of their
             # own: neither may wait for a batch job to free one.
-            workers=settings.prefetch + 2,
+            workers=settings.prefetch + 1 + settings.live_prefetch,
             cpu_threads=threads,
             device=settings.device,
             compute_type=settings.compute_type,

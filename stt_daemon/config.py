@@ -147,8 +147,9 @@ class DaemonSettings(CommonSettings):
 
     #: Jobs in flight per model queue; each really runs (nothing waits in a buffer).
     prefetch: int = Field(default_factory=lambda: default_prefetch(usable_cores()), ge=1)
-    #: Live-transcription windows decoded at once per model (each a few hundred ms).
-    live_prefetch: int = Field(default=1, ge=1)
+    #: Live-transcription windows decoded at once per model (each a few hundred ms on
+    #: one thread); default: one per core, at most 4.
+    live_prefetch: int = Field(default_factory=lambda: min(usable_cores(), 4), ge=1)
     #: Deliveries of one job (crashes and retries included) before it is failed.
     max_attempts: int = Field(default=5, ge=1)
     #: Seconds to let running jobs finish after SIGTERM before handing them back.

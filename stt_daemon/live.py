@@ -5,11 +5,11 @@ A window is decoded in a worker thread and answered to its ``reply_to`` (direct
 reply-to) with :class:`~stt_daemon.liveprotocol.LiveReply`, then acked; a window
 whose deadline has passed is acked unanswered (nobody waits for it any more).
 
-Live work must not wait behind batch jobs. The engine's worker pool has a slot
+Live work must not wait behind batch jobs. The engine's worker pool has slots
 kept for live windows, and :class:`LiveGate` holds batch transcriptions at their
-next Whisper window while any live window is being decoded here, so a live step
-shares the CPU with nothing but other live steps (a batch job loses at most the
-time of the live windows; its 30 s window in progress finishes first).
+next Whisper window while live windows are decoded here and for a moment after,
+so that while sessions run a live step shares the CPU with nothing but other
+live steps and the batch windows already in progress (which finish first).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
@@ -40,6 +40,8 @@ T = TypeVar("T")
 #: Longest a batch transcription waits at a window boundary for live work to end,
 #: per wait: live sessions that never pause must not starve batch jobs for good.
 MAX_BATCH_HOLD_S = 5.0
+#: How long after a live window batch work still holds (sessions send one a second).
+LIVE_LINGER_S = 1.5
 
 
 class LiveEngine(Protocol):
@@ -53,15 +55,25 @@ class LiveEngine(Protocol):
 
 
 class LiveGate:
-    """Counts live windows being decoded; batch work waits for none to be (bounded)."""
+    """Batch work waits while live windows are decoded, and a moment after each.
 
-    def __init__(self) -> None:
+    Sessions send a window about once a second: holding batch only during a
+    decode would let batch windows start in the gaps and still be running when
+    the next live window arrives. So batch holds from a live window's start until
+    ``linger`` seconds after the last one ended (bounded per wait, so that endless
+    live traffic slows batch jobs down but never stops them).
+    """
+
+    def __init__(self, linger: float = LIVE_LINGER_S, clock: Callable[[], float] = time.monotonic):
         self._busy = 0
+        self._last = float("-inf")
+        self._linger = linger
+        self._clock = clock
         self._idle = threading.Condition()
 
     @contextmanager
     def live(self) -> Iterator[None]:
-        """While inside, batch transcriptions hold at their next window."""
+        """While inside (and ``linger`` after), batch transcriptions hold at their next window."""
         with self._idle:
             self._busy += 1
         try:
@@ -69,13 +81,24 @@ class LiveGate:
         finally:
             with self._idle:
                 self._busy -= 1
-                if self._busy == 0:
-                    self._idle.notify_all()
+                self._last = self._clock()
+                self._idle.notify_all()
+
+    def _quiet_in(self) -> float:
+        """Seconds until batch may go on (0: now). Call with the lock held."""
+        if self._busy:
+            return self._linger
+        return max(0.0, self._last + self._linger - self._clock())
 
     def wait_turn(self, timeout: float = MAX_BATCH_HOLD_S) -> None:
-        """Block (a batch worker thread) while live windows are decoded, up to ``timeout``."""
+        """Block (a batch worker thread) while live work goes on, up to ``timeout``."""
+        deadline = self._clock() + timeout
         with self._idle:
-            self._idle.wait_for(lambda: self._busy == 0, timeout=timeout)
+            while (wait := self._quiet_in()) > 0:
+                left = deadline - self._clock()
+                if left <= 0:
+                    return
+                self._idle.wait(min(wait, left))
 
     def paced(self, items: Iterable[T]) -> Iterator[T]:
         """``items``, each next one (a lazy Whisper window) started only on batch's turn."""
