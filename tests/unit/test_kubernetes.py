@@ -582,9 +582,15 @@ def test_daemon_probes_and_scrape_annotations_use_the_metrics_port(
     for daemon in daemons:
         port = daemon.daemon_settings.metrics_port
         assert port > 0, "STT_METRICS_PORT=0 serves no metrics: nothing to probe"
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        # Liveness must see a stuck event loop: /livez, not the metrics thread's /metrics.
+        paths = {
+            "startupProbe": "/metrics",
+            "livenessProbe": "/livez",
+            "readinessProbe": "/metrics",
+        }
+        for probe, path in paths.items():
             check = daemon.container[probe]["httpGet"]
-            assert check["path"] == "/metrics"
+            assert check["path"] == path
             assert named_port(daemon.container, check["port"]) == port
         annotations = daemon.deployment["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"
