@@ -1,0 +1,468 @@
+"""The Wyoming server's pieces with fake live sessions (no broker, no model): framing, the
+catalog, streamed text, audio conversion, and whole connections over loopback TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faster_whisper.tokenizer import _LANGUAGE_CODES
+from wyoming.asr import Transcribe, Transcript, TranscriptChunk
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+from wyoming.error import Error
+from wyoming.event import Event
+from wyoming.info import Describe, Info
+from wyoming.ping import Ping
+
+from gateway.agreement import TimedWord
+from gateway.config import GatewaySettings
+from gateway.livesession import (
+    Hypothesis,
+    LiveEvent,
+    SessionClosed,
+    SessionEnded,
+    SessionOptions,
+    Utterance,
+)
+from gateway.livesessions import LiveRefused
+from gateway.wyoming.__main__ import check_exposure, uri_problem
+from gateway.wyoming.catalog import (
+    WHISPER_LANGUAGES,
+    Unservable,
+    build_info,
+    choose,
+    languages_of,
+    prompt_of,
+)
+from gateway.wyoming.framing import (
+    MAX_HEADER_BYTES,
+    MAX_PAYLOAD_BYTES,
+    BadEvent,
+    parse_version,
+    read_event,
+)
+from gateway.wyoming.handler import WyomingContext, WyomingHandler
+from gateway.wyoming.transcription import AudioFormat, StreamedText, Transcription
+from stt_daemon.protocol import TranscriptResult
+
+# -- framing -----------------------------------------------------------------
+
+
+def stream_of(data: bytes) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader(limit=MAX_HEADER_BYTES)
+    reader.feed_data(data)
+    reader.feed_eof()
+    return reader
+
+
+def frame(header: dict[str, Any], extra: bytes = b"", payload: bytes = b"") -> bytes:
+    return json.dumps(header).encode() + b"\n" + extra + payload
+
+
+async def test_an_event_with_data_and_payload_is_read_whole() -> None:
+    extra = json.dumps({"width": 2, "channels": 1}).encode()
+    raw = frame(
+        {
+            "type": "audio-chunk",
+            "data": {"rate": 16000},
+            "data_length": len(extra),
+            "payload_length": 4,
+            "version": "1.7.2",
+        },
+        extra,
+        b"\x01\x02\x03\x04",
+    )
+    incoming = await read_event(stream_of(raw))
+    assert incoming is not None
+    assert incoming.event.type == "audio-chunk"
+    assert incoming.event.data == {"rate": 16000, "width": 2, "channels": 1}
+    assert incoming.event.payload == b"\x01\x02\x03\x04"
+    assert incoming.version == (1, 7, 2)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"x" * (MAX_HEADER_BYTES + 10) + b"\n", "longer than"),
+        (b"this is not json\n", "not JSON"),
+        (b"[1, 2]\n", "not a JSON object"),
+        (b"[" * 5000 + b"\n", "not JSON"),
+        (frame({"data": {}}), "no valid 'type'"),
+        (frame({"type": "x" * 100}), "no valid 'type'"),
+        (frame({"type": "describe", "data": [1]}), "'data' is not an object"),
+        (frame({"type": "describe", "payload_length": -1}), "non-negative"),
+        (frame({"type": "describe", "data_length": "12"}), "non-negative"),
+        (frame({"type": "describe", "data_length": 10**9}), "data_length over"),
+        (frame({"type": "audio-chunk", "payload_length": MAX_PAYLOAD_BYTES + 1}), "over"),
+        (frame({"type": "describe", "data_length": 3}, b"[1]"), "not a JSON object"),
+    ],
+)
+async def test_malformed_events_are_named(raw: bytes, message: str) -> None:
+    with pytest.raises(BadEvent, match=message):
+        await read_event(stream_of(raw))
+
+
+async def test_a_peer_leaving_mid_event_is_the_end_of_the_stream() -> None:
+    assert await read_event(stream_of(b"")) is None
+    assert await read_event(stream_of(b'{"type": "describe"')) is None
+    cut = frame({"type": "audio-chunk", "payload_length": 100}, payload=b"12")
+    assert await read_event(stream_of(cut)) is None
+
+
+def test_versions() -> None:
+    assert parse_version("1.10.2") == (1, 10, 2)
+    assert parse_version("1.7") == (1, 7)
+    assert parse_version("one") is None
+    assert parse_version(7) is None
+    assert parse_version(None) is None
+
+
+# -- catalog -----------------------------------------------------------------
+
+
+def test_whisper_languages_are_faster_whispers() -> None:
+    assert tuple(WHISPER_LANGUAGES) == tuple(_LANGUAGE_CODES)
+
+
+def test_info_lists_the_models_with_their_languages() -> None:
+    info = Info.from_event(build_info(["tiny.en", "base"]).event())
+    (program,) = info.asr
+    assert program.supports_transcript_streaming
+    assert [m.name for m in program.models] == ["tiny.en", "base"]
+    assert program.models[0].languages == ["en"]
+    assert "de" in program.models[1].languages and len(program.models[1].languages) == 100
+    assert all(m.installed for m in program.models)
+
+
+def test_choose_a_model_for_a_language() -> None:
+    models = ["tiny.en", "base"]
+    assert choose(models, None, None) == choose(models, "tiny.en", None)
+    assert choose(models, None, "en-US").model == "tiny.en"
+    assert choose(models, None, "de").model == "base"
+    assert choose(models, None, "pt_BR").language == "pt"
+    assert choose(models, "base", "EN").language == "en"
+    with pytest.raises(Unservable, match="unknown model"):
+        choose(models, "large", None)
+    with pytest.raises(Unservable, match="does not transcribe"):
+        choose(models, "tiny.en", "de")
+    with pytest.raises(Unservable, match="no model here"):
+        choose(["tiny.en"], None, "fr")
+    with pytest.raises(Unservable, match="not one Whisper knows"):
+        choose(models, None, "klingon")
+    assert languages_of("small") == list(WHISPER_LANGUAGES)
+
+
+def test_prompt_from_names_and_terms() -> None:
+    assert prompt_of([], []) is None
+    assert prompt_of(["Kitchen Lamp"], [" dimmer ", ""]) == "Kitchen Lamp, dimmer"
+    assert len(prompt_of(["x" * 100] * 10, []) or "") == 400
+
+
+# -- streamed text and audio -------------------------------------------------
+
+
+def w(text: str) -> TimedWord:
+    return TimedWord(0.0, 0.1, text)
+
+
+def test_streamed_text_adds_up_to_the_transcript() -> None:
+    streamed = StreamedText()
+    utterances = [[w(" And"), w(" so,"), w(" my ")], [w("   "), w("ask"), w(" not.")]]
+    chunks = [streamed.add(utterances[0][:2]), streamed.add(utterances[0][2:])]
+    streamed.end_utterance()
+    chunks += [streamed.add(utterances[1][:1]), streamed.add(utterances[1][1:])]
+    # As LiveSession.transcript joins utterances.
+    text = " ".join("".join(x.text for x in u).strip() for u in utterances).strip()
+    assert "".join(chunks) == text == "And so, my ask not."
+
+
+def test_audio_is_converted_to_16_khz_mono() -> None:
+    fmt = AudioFormat(22050, 2, 2)
+    current = Transcription(None, None, fmt, streaming=False)  # type: ignore[arg-type]
+    data = {"rate": 22050, "width": 2, "channels": 2}
+    second = b"\x10\x00\x20\x00" * 22050
+    pcm = b"".join(current.pcm(data, second[i : i + 8820]) for i in range(0, len(second), 8820))
+    assert abs(len(pcm) - 32000) <= 8
+    with pytest.raises(BadEvent, match="differ"):
+        current.pcm({**data, "rate": 16000}, b"\x00" * 4)
+    with pytest.raises(BadEvent, match="whole number"):
+        current.pcm(data, b"\x00" * 3)
+    for bad in ({**data, "channels": 6}, {**data, "width": 0}, {**data, "rate": True}, {}):
+        with pytest.raises(BadEvent):
+            AudioFormat.from_data(bad, "audio-start")
+
+
+# -- connections, with fake live sessions ------------------------------------
+
+
+class FakeSession:
+    """Commits one word per fed chunk; one utterance per two words."""
+
+    def __init__(self, options: SessionOptions, fail: str | None) -> None:
+        self.id = "live-fake"
+        self.options = options
+        self.fed = b""
+        self.ended: SessionEnded | None = None
+        self._fail = fail
+        self._words: list[TimedWord] = []
+        self._events: asyncio.Queue[LiveEvent | None] = asyncio.Queue()
+
+    async def feed(self, pcm: bytes) -> None:
+        if self.ended is not None:
+            raise SessionClosed("the session has ended")
+        self.fed += pcm
+        if self._fail:
+            self._end(self._fail)
+            return
+        word = w(f" w{len(self._words)}")
+        self._words.append(word)
+        self._events.put_nowait(Hypothesis([word], []))
+        if len(self._words) % 2 == 0:
+            self._events.put_nowait(Utterance(0, 0, 0, self._words[-2:]))
+
+    def finish(self) -> None:
+        if len(self._words) % 2:
+            self._events.put_nowait(Utterance(0, 0, 0, self._words[-1:]))
+        self._end(None)
+
+    def _end(self, error: str | None) -> None:
+        if self.ended is not None:
+            return
+        pairs = [self._words[i : i + 2] for i in range(0, len(self._words), 2)]
+        text = " ".join("".join(x.text for x in p).strip() for p in pairs)
+        result = TranscriptResult(text=text, language="en", duration=1, model="m", segments=[])
+        self.ended = SessionEnded(result, error)
+        self._events.put_nowait(self.ended)
+        self._events.put_nowait(None)
+
+    async def events(self) -> AsyncIterator[LiveEvent]:
+        while (event := await self._events.get()) is not None:
+            yield event
+
+
+class FakeLive:
+    """LiveSessions' interface: a limit and sessions that record what they got."""
+
+    def __init__(self, limit: int = 1, fail: str | None = None) -> None:
+        self.limit = limit
+        self.fail = fail
+        self.sessions: list[FakeSession] = []
+        self.active = 0
+
+    def check_room(self) -> None:
+        if self.active >= self.limit:
+            raise LiveRefused("full; try again later", busy=True)
+
+    @asynccontextmanager
+    async def open(self, options: SessionOptions, owner: str | None) -> AsyncIterator[FakeSession]:
+        self.check_room()
+        session = FakeSession(options, self.fail)
+        self.sessions.append(session)
+        self.active += 1
+        try:
+            yield session
+        finally:
+            self.active -= 1
+
+
+@asynccontextmanager
+async def server(live: FakeLive, **limits: Any) -> AsyncIterator[int]:
+    context = WyomingContext(
+        live=live,  # type: ignore[arg-type]
+        models=["tiny.en", "base"],
+        info=build_info(["tiny.en", "base"]).event(),
+        idle_timeout=limits.get("idle_timeout", 5.0),
+        max_connections=limits.get("max_connections", 10),
+    )
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await WyomingHandler(context, reader, writer).run()
+
+    listener = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    try:
+        yield listener.sockets[0].getsockname()[1]
+    finally:
+        listener.close()
+
+
+async def transcribe(client: AsyncTcpClient, chunks: int = 3) -> list[Event]:
+    """One transcription of ``chunks`` 100 ms chunks; the events up to the transcript's end."""
+    await client.write_event(Transcribe(language="en").event())
+    await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+    for _ in range(chunks):
+        await client.write_event(AudioChunk(16000, 2, 1, b"\x00\x01" * 1600).event())
+    await client.write_event(AudioStop().event())
+    events: list[Event] = []
+    while True:
+        event = await asyncio.wait_for(client.read_event(), 5)
+        assert event is not None, events
+        events.append(event)
+        if event.type in ("transcript-stop", "error"):
+            return events
+
+
+async def test_describe_and_two_streamed_transcriptions_on_one_connection() -> None:
+    live = FakeLive()
+    async with server(live) as port, AsyncTcpClient("127.0.0.1", port) as client:
+        await client.write_event(Describe().event())
+        info = await client.read_event()
+        assert info is not None and Info.is_type(info.type)
+        for chunks in (3, 4):
+            events = await transcribe(client, chunks)
+            kinds = [e.type for e in events]
+            streamed_kinds = ["transcript-chunk"] * chunks
+            assert kinds == ["transcript-start", *streamed_kinds, "transcript", "transcript-stop"]
+            text = Transcript.from_event(events[-2]).text
+            streamed = "".join(TranscriptChunk.from_event(e).text for e in events[1:-2])
+            assert streamed == text and text.startswith("w0 w1 w2")
+        await client.write_event(Ping(text="still here").event())
+        pong = await client.read_event()
+        assert pong is not None and pong.type == "pong" and pong.data["text"] == "still here"
+    assert [len(s.fed) for s in live.sessions] == [9600, 12800]
+    assert live.sessions[0].options == SessionOptions(model="tiny.en", language="en")
+
+
+async def test_a_client_before_protocol_1_7_gets_only_the_transcript() -> None:
+    live = FakeLive()
+    async with server(live) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        old = {"version": "1.5.0"}
+        chunk = b"\x00\x00" * 1600
+        writer.write(frame({"type": "transcribe", "data": {"name": "base"}, **old}))
+        writer.write(frame({"type": "audio-start", "data": AudioFormat(16000, 2, 1).__dict__}))
+        head = {"type": "audio-chunk", "data": {"rate": 16000, "width": 2, "channels": 1}}
+        writer.write(frame({**head, "payload_length": len(chunk), **old}, payload=chunk))
+        writer.write(frame({"type": "audio-stop", **old}))
+        first = await asyncio.wait_for(read_event(reader), 5)
+        assert first is not None and first.event.type == "transcript"
+        assert first.event.data["text"] == "w0"
+        writer.close()
+    assert live.sessions[0].options.model == "base"
+
+
+async def test_a_full_server_refuses_with_an_error_and_the_connection_stays() -> None:
+    live = FakeLive(limit=0)
+    async with server(live) as port, AsyncTcpClient("127.0.0.1", port) as client:
+        events = await transcribe(client)
+        assert [e.type for e in events] == ["error"]
+        error = Error.from_event(events[0])
+        assert error.code == "busy" and "try again later" in error.text
+        await client.write_event(Describe().event())  # the refused audio was dropped
+        info = await asyncio.wait_for(client.read_event(), 5)
+        assert info is not None and info.type == "info"
+    assert live.sessions == []
+
+
+async def test_an_unservable_transcribe_is_refused() -> None:
+    async with server(FakeLive()) as port, AsyncTcpClient("127.0.0.1", port) as client:
+        await client.write_event(Transcribe(name="tiny.en", language="de").event())
+        event = await asyncio.wait_for(client.read_event(), 5)
+        assert event is not None and Error.from_event(event).code == "unservable"
+
+
+async def test_a_failed_session_is_an_error() -> None:
+    live = FakeLive(fail="no daemon answered 6 windows in a row")
+    async with server(live) as port, AsyncTcpClient("127.0.0.1", port) as client:
+        events = await transcribe(client)
+        error = Error.from_event(events[-1])
+        assert error.code == "transcription-failed" and "no daemon answered" in error.text
+        await client.write_event(Describe().event())
+        info = await asyncio.wait_for(client.read_event(), 5)
+        assert info is not None and info.type == "info"
+
+
+async def read_until_closed(reader: asyncio.StreamReader) -> list[Event]:
+    events = []
+    while (incoming := await asyncio.wait_for(read_event(reader), 5)) is not None:
+        events.append(incoming.event)
+    return events
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x00\xff garbage \x13\n",
+        frame({"type": "audio-chunk", "payload_length": 4}, payload=b"\x00" * 4),
+        frame({"type": "audio-stop"}),
+        frame({"type": "audio-start", "data": {"rate": 16000, "width": 2, "channels": 5}}),
+        frame({"type": "audio-chunk", "payload_length": 2**40}),
+    ],
+)
+async def test_a_protocol_violation_closes_that_connection_only(raw: bytes) -> None:
+    live = FakeLive()
+    async with server(live) as port, AsyncTcpClient("127.0.0.1", port) as good:
+        await good.write_event(Transcribe().event())
+        await good.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+        start = await asyncio.wait_for(good.read_event(), 5)
+        assert start is not None and start.type == "transcript-start"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        events = await read_until_closed(reader)
+        assert [e.type for e in events] == ["error"]
+        assert events[0].data["code"] == "bad-event"
+        writer.close()
+        # The other connection's transcription goes on.
+        await good.write_event(AudioChunk(16000, 2, 1, b"\x00\x01" * 1600).event())
+        await good.write_event(AudioStop().event())
+        kinds = []
+        while not kinds or kinds[-1] != "transcript-stop":
+            event = await asyncio.wait_for(good.read_event(), 5)
+            assert event is not None
+            kinds.append(event.type)
+        assert kinds == ["transcript-chunk", "transcript", "transcript-stop"]
+
+
+async def test_a_quiet_connection_is_closed_after_the_idle_timeout() -> None:
+    async with server(FakeLive(), idle_timeout=0.5) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        start = {"type": "audio-start", "data": {"rate": 16000, "width": 2, "channels": 1}}
+        writer.write(frame(start))
+        # Pings are not audio: they do not keep a session open.
+        for _ in range(3):
+            writer.write(frame({"type": "ping"}))
+            await asyncio.sleep(0.1)
+        events = await read_until_closed(reader)
+        assert [e.type for e in events[:-1]] == ["pong"] * 3
+        assert events[-1].type == "error" and events[-1].data["code"] == "timeout"
+        assert "no audio for 0.5 s" in events[-1].data["text"]
+        writer.close()
+
+
+async def test_connections_past_the_limit_are_refused() -> None:
+    limited = server(FakeLive(), max_connections=1)
+    async with limited as port, AsyncTcpClient("127.0.0.1", port) as first:
+        await first.write_event(Describe().event())
+        assert await asyncio.wait_for(first.read_event(), 5) is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        events = await read_until_closed(reader)
+        assert [e.data.get("code") for e in events] == ["busy"]
+        writer.close()
+
+
+# -- the command line --------------------------------------------------------
+
+
+def test_uris() -> None:
+    assert uri_problem("tcp://0.0.0.0:10300") is None
+    assert uri_problem("unix:///run/stt.sock") is None
+    assert uri_problem("tcp://0.0.0.0") is not None
+    assert uri_problem("tcp://host:99999") is not None
+    assert uri_problem("stdio://") is not None
+    assert uri_problem("http://x:1") is not None
+
+
+def test_api_keys_keep_wyoming_off_unless_allowed(tmp_path: Path) -> None:
+    open_gateway = GatewaySettings(_env_file=None)  # type: ignore[call-arg]
+    assert check_exposure(open_gateway, allow_unauthenticated=False) is None
+    keyed = GatewaySettings(_env_file=None, api_keys="k1,k2")  # type: ignore[call-arg]
+    refusal = check_exposure(keyed, allow_unauthenticated=False)
+    assert refusal is not None and "--allow-unauthenticated" in refusal
+    assert check_exposure(keyed, allow_unauthenticated=True) is None
+    missing = GatewaySettings(_env_file=None, api_keys_file=tmp_path / "none")  # type: ignore[call-arg]
+    assert "cannot read" in (check_exposure(missing, allow_unauthenticated=True) or "")
