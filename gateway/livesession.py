@@ -248,7 +248,9 @@ class LiveSession:
                 if self._input_done and self._received <= self._sent_until:
                     break  # every byte was in a window that got its answer
                 sent_before = self._sent_until
-                reply = await self._ask()
+                # After a miss, wait longer: the daemons are slower than the window
+                # timeout right now, and the next window is bigger, not smaller.
+                reply = await self._ask(self._limits.window_timeout * min(1 + misses, 4))
                 if reply is None:
                     misses += 1
                     if misses >= self._limits.max_misses:
@@ -273,7 +275,7 @@ class LiveSession:
             self._arrived.clear()
             await self._arrived.wait()
 
-    async def _ask(self) -> LiveReply | None:
+    async def _ask(self, wait: float) -> LiveReply | None:
         window = bytes(self._audio)
         self._sent_until = self._received
         options = WindowOptions(
@@ -285,9 +287,7 @@ class LiveSession:
         self.stats.sent += 1
         started = time.monotonic()
         try:
-            reply = await self._client.transcribe(
-                self.options.model, window, options, wait=self._limits.window_timeout
-            )
+            reply = await self._client.transcribe(self.options.model, window, options, wait=wait)
         except LiveTimeout:
             self.stats.missed += 1
             if self._on_window is not None:

@@ -25,6 +25,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]  # these modules, then tests/ (stac
 from common import Context, Row, machine  # noqa: E402
 from fanout import fanout  # noqa: E402
 from http_load import gateway_load, gateway_memory  # noqa: E402
+from live import live  # noqa: E402
 from scaleout import scaleout  # noqa: E402
 from whisper import daemon_memory, overhead, throughput  # noqa: E402
 
@@ -39,6 +40,7 @@ SECTIONS: dict[str, list[Section]] = {
     "memory": [gateway_memory, daemon_memory],
     "scaleout": [scaleout],
     "fanout": [fanout],
+    "live": [live],
 }
 
 
