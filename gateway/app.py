@@ -22,7 +22,7 @@ from gateway.livesessions import LiveSessions
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.recorder import Recorder
 from gateway.requestid import RequestIdMiddleware
-from gateway.routes import compat, health, jobs, metrics, models, openai, realtime
+from gateway.routes import compat, health, jobs, metrics, models, openai, realtime, whisperlive
 from gateway.services import Services
 from gateway.store import open_store, purge_periodically, redacted
 from stt_daemon import __version__
@@ -123,6 +123,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     # OpenAI's realtime transcription: ws /v1/realtime?intent=transcription.
     app.include_router(realtime.router)
+    # WhisperLive's clients connect to ws://host:port (the root path).
+    app.include_router(whisperlive.router)
     # Added last, so outermost: the request id is bound before anything else runs.
     app.add_middleware(MetricsMiddleware, metrics=gateway_metrics)
     app.add_middleware(RequestIdMiddleware)
