@@ -80,6 +80,8 @@ class ItemTracker:
         self._offset = 0.0
         self._job_id = ""
         self._discarding = False
+        #: Where the last speech stopped: the next cannot start before it.
+        self._floor = 0.0
 
     def start(self, job_id: str, config: TranscriptionConfig, offset: float) -> None:
         """A live session opened at ``offset`` seconds into the connection's audio."""
@@ -89,6 +91,7 @@ class ItemTracker:
         self._offset = offset
         self._item = None
         self._discarding = False
+        self._floor = 0.0
 
     def commit(self) -> None:
         """The client committed the buffer: its item is committed now (created if none)."""
@@ -125,6 +128,9 @@ class ItemTracker:
         return round((self._offset + at) * 1000)
 
     def _speech_started(self, at: float) -> None:
+        # The session's windows keep some audio before a stop as context, and the VAD may
+        # report the previous utterance's start there: clamp, so items never overlap.
+        at = max(at, self._floor)
         item = self._item
         if item is not None and item.speech_stop is not None:
             self._complete(item)  # stopped without words: its (empty) transcript
@@ -137,6 +143,7 @@ class ItemTracker:
     def _speech_stopped(self, at: float) -> None:
         item = self._current()
         item.speech_stop = at
+        self._floor = at
         self._send("input_audio_buffer.speech_stopped", audio_end_ms=self._ms(at), item_id=item.id)
         self._commit(item)
 

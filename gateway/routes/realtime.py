@@ -142,6 +142,11 @@ class RealtimeConnection:
                 self._reader = asyncio.create_task(self._read(), name=f"realtime-{self._id}")
                 # The reader ends the connection; a live session that fails cancels it.
                 await asyncio.wait({self._reader})
+                if not self._reader.cancelled() and self._reader.exception() is not None:
+                    self._close_code = CLOSE_ERROR
+                    log.error(
+                        "realtime.failed", session=self._id, exc_info=self._reader.exception()
+                    )
         finally:
             if self._reader is not None and not self._reader.done():
                 self._reader.cancel()
@@ -386,4 +391,9 @@ class RealtimeConnection:
         finally:
             self._buffer = None
             self._offset += buffer.session.received
-            await buffer.stack.aclose()
+            try:
+                # Closes the session and records it as a job (gateway/livesessions.py).
+                await buffer.stack.aclose()
+            except Exception:
+                # The client's next buffer is still served; the log says what was lost.
+                log.exception("realtime.session_not_recorded", job_id=buffer.session.id)

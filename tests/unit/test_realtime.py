@@ -107,6 +107,8 @@ class FakeLive:
         self.max_sessions = max_sessions
         self.scripts: list[Script] = []
         self.fail_at = float("inf")
+        #: Recording a session fails (the store or the broker): open()'s exit raises.
+        self.record_fails = False
         self.sessions: list[FakeSession] = []
         self.owners: list[str | None] = []
         self.active = 0
@@ -129,6 +131,8 @@ class FakeLive:
         finally:
             await session.close()
             self.active -= 1
+            if self.record_fails:
+                raise RuntimeError("the session's job could not be recorded")
 
 
 @pytest.fixture
@@ -406,7 +410,8 @@ def test_server_vad_items_in_openai_order(client: TestClient, live: FakeLive) ->
             (1.5, Hypothesis(first[2:], [])),
             (1.5, utterance(0, first)),
             (2.0, Hypothesis([], [])),
-            (2.5, SpeechStarted(2.0)),
+            # The session's context before a stop can make the VAD see the old start.
+            (2.5, SpeechStarted(0.3)),
             (3.0, Hypothesis(second, [])),
             (3.5, SpeechStopped(2.6)),
             (3.5, utterance(1, second)),
@@ -438,6 +443,7 @@ def test_server_vad_items_in_openai_order(client: TestClient, live: FakeLive) ->
     one, two = events[0]["item_id"], events[8]["item_id"]
     assert one.startswith("item_") and two.startswith("item_") and one != two
     assert events[0]["audio_start_ms"] == 300 and events[2]["audio_end_ms"] == 1300
+    assert events[8]["audio_start_ms"] == 1300  # never before the previous item's end
     assert events[3] == {**events[3], "item_id": one, "previous_item_id": None, "job_id": "live-0"}
     assert events[11]["previous_item_id"] == one
     item = events[4]["item"]
@@ -639,3 +645,19 @@ def test_keys_are_required_when_configured(tmp_path: Path, live: FakeLive) -> No
             ws.send_json({"type": "input_audio_buffer.commit"})
             receive_until(ws, "conversation.item.input_audio_transcription.completed")
     assert live.owners == [live.owners[0]] and live.owners[0] is not None
+
+
+def test_a_session_that_cannot_be_recorded_does_not_end_the_connection(
+    client: TestClient, live: FakeLive
+) -> None:
+    live.record_fails = True
+    with client.websocket_connect(URL) as ws:
+        ws.receive_json()
+        manual(ws)
+        append(ws, 0.2)
+        ws.send_json({"type": "input_audio_buffer.clear"})
+        assert ws.receive_json()["type"] == "input_audio_buffer.cleared"
+        append(ws, 0.2)
+        ws.send_json({"type": "input_audio_buffer.commit"})
+        receive_until(ws, "conversation.item.input_audio_transcription.completed")
+    assert len(live.sessions) == 2 and live.active == 0
