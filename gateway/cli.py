@@ -7,6 +7,7 @@ request; 2 usage errors and an unreachable gateway; 130 interrupted (the jobs go
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ from typing import Any, TextIO
 import httpx
 
 from gateway.client import DEFAULT_URL, Job, SttClient, SttConnectionError, SttError
+from gateway.listen import ListenError, ListenOptions, LiveText, file_pcm, listen, raw_pcm
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: Result format -> file extension used with ``--out``.
@@ -289,6 +291,51 @@ def cmd_models(args: argparse.Namespace, client: SttClient) -> int:
     return EXIT_OK
 
 
+def cmd_listen(args: argparse.Namespace, client: SttClient) -> int:
+    """Stream a file or stdin live; committed lines on stdout as they land."""
+    if args.source != "-" and not Path(args.source).is_file():
+        _say(f"{args.source}: no such file")
+        return EXIT_USAGE
+    api_key = args.api_key if args.api_key is not None else os.environ.get("STT_API_KEY")
+    options = ListenOptions(
+        model=args.model,
+        language=args.language,
+        task=args.task,
+        prompt=args.prompt,
+        vad=not args.no_vad,
+        fast=args.fast,
+    )
+    # Not a terminal: committed lines only, never the redrawn tail.
+    text = LiveText(sys.stdout, tty=sys.stdout.isatty())
+    try:
+        source = raw_pcm(sys.stdin.buffer) if args.source == "-" else file_pcm(Path(args.source))
+        asyncio.run(listen(client.url, source, options, text, api_key=api_key, say=_say))
+    except ListenError as exc:
+        _say(str(exc))
+        return exc.exit_code
+    return EXIT_OK
+
+
+def _add_listen(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "listen", parents=[common], help="stream audio live and print the words as they land"
+    )
+    p.add_argument(
+        "source",
+        metavar="FILE|-",
+        help="a file (decoded with PyAV), or - for raw 16 kHz mono s16le PCM on stdin",
+    )
+    p.add_argument(
+        "--fast", action="store_true", help="as fast as the gateway keeps up, not real time"
+    )
+    p.add_argument("--model", help="model name (default: the gateway's first)")
+    p.add_argument("--language", help="ISO 639-1 code, e.g. en (default: detected)")
+    p.add_argument("--task", choices=["transcribe", "translate"])
+    p.add_argument("--prompt", help="initial prompt: names, spelling, style")
+    p.add_argument("--no-vad", action="store_true", help="do not end utterances on silence")
+    p.set_defaults(handler=cmd_listen)
+
+
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("job options (left to the gateway when not given)")
     group.add_argument("--model", help="model name (default: the gateway's first)")
@@ -362,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.set_defaults(handler=cmd_cancel)
     models = sub.add_parser("models", parents=[common], help="list the models served")
     models.set_defaults(handler=cmd_models)
+    _add_listen(sub, common)
     return parser
 
 
