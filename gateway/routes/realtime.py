@@ -179,7 +179,7 @@ class RealtimeConnection:
             self._refused(exc)
             return False
         kind = "transcription_session.created" if self._beta else "session.created"
-        self._emit({"type": kind, "session": self._session_object()})
+        self._emit({"type": kind, "session": self._session_object(beta=self._beta)})
         log.info("realtime.connected", session=self._id, beta=self._beta, owner=self._owner)
         return True
 
@@ -189,8 +189,8 @@ class RealtimeConnection:
             raise LiveRefused("live sessions are not available on this gateway", busy=True)
         return live
 
-    def _session_object(self) -> Event:
-        render = beta_session if self._beta else ga_session
+    def _session_object(self, *, beta: bool) -> Event:
+        render = beta_session if beta else ga_session
         return render(self._config, self._id, self._silence_ms)
 
     # -- output ----------------------------------------------------------------------
@@ -287,8 +287,10 @@ class RealtimeConnection:
                 "invalid_value", str(exc.detail), param="session", event_id=event.event_id
             ) from None
         self._config = config
-        kind = "transcription_session.updated" if self._beta else "session.updated"
-        self._emit({"type": kind, "session": self._session_object()})
+        # Answered in the update's own dialect, whichever the connection began in.
+        beta = isinstance(event, TranscriptionSessionUpdate)
+        kind = "transcription_session.updated" if beta else "session.updated"
+        self._emit({"type": kind, "session": self._session_object(beta=beta)})
 
     async def _append(self, event: Append) -> bool:
         try:

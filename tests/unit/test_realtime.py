@@ -661,3 +661,13 @@ def test_a_session_that_cannot_be_recorded_does_not_end_the_connection(
         ws.send_json({"type": "input_audio_buffer.commit"})
         receive_until(ws, "conversation.item.input_audio_transcription.completed")
     assert len(live.sessions) == 2 and live.active == 0
+
+
+def test_an_update_is_answered_in_its_own_dialect(client: TestClient) -> None:
+    with client.websocket_connect(URL) as ws:
+        ws.receive_json()
+        ws.send_json({"type": "transcription_session.update", "session": {"turn_detection": None}})
+        updated = ws.receive_json()
+    assert updated["type"] == "transcription_session.updated"
+    assert updated["session"]["input_audio_format"] == "pcm16"
+    assert updated["session"]["turn_detection"] is None
