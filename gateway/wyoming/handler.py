@@ -49,6 +49,9 @@ TIMEOUT = "timeout"
 FAILED = "transcription-failed"
 SHUTTING_DOWN = "shutting-down"
 
+#: Seconds a closing connection's input is still read (and dropped) after its last error.
+LINGER_SECONDS = 2.0
+
 
 @dataclass
 class WyomingContext:
@@ -94,22 +97,26 @@ class WyomingHandler(AsyncEventHandler):
         self.task = asyncio.current_task()
         peer = self.writer.get_extra_info("peername")
         structlog.contextvars.bind_contextvars(wyoming_peer=str(peer))
+        last: tuple[str, str] | None = None
         try:
             if await self._admitted():
                 while await self._step():
                     pass
         except BadEvent as exc:
             log.warning("wyoming.bad_event", error=str(exc))
-            await self._last_error(BAD_EVENT, str(exc))
+            last = (BAD_EVENT, str(exc))
         except IdleTimeout as exc:
             log.info("wyoming.idle_closed", error=str(exc))
-            await self._last_error(TIMEOUT, str(exc))
+            last = (TIMEOUT, str(exc))
         except (ConnectionError, TimeoutError) as exc:
             log.info("wyoming.peer_gone", error=f"{type(exc).__name__}: {exc}")
         except Exception:
             log.exception("wyoming.connection_failed")
         finally:
+            # The session's slot is freed first, then the client is told why it ends.
             await self._end_transcription()
+            if last is not None:
+                await self._last_error(*last)
             self.writer.close()
             self._ctx.open.discard(self)
 
@@ -292,7 +299,21 @@ class WyomingHandler(AsyncEventHandler):
             current.pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await current.pump
-        await current.exits.aclose()  # closes and records the session
+        try:
+            await current.exits.aclose()  # closes and records the session
+        except Exception:
+            # The client has its answer; a record or a news item that failed is logged
+            # here and must not end the connection.
+            log.exception("wyoming.session_not_recorded", session=current.session.id)
+        ended = current.session.ended
+        log.info(
+            "wyoming.transcription_ended",
+            session=current.session.id,
+            model=current.session.options.model,
+            audio_s=round(current.session.received, 3),
+            streaming=current.streaming,
+            error=ended.error if ended else None,
+        )
 
     # -- writing ------------------------------------------------------------
 
@@ -311,3 +332,10 @@ class WyomingHandler(AsyncEventHandler):
         """An error before the connection closes: best effort, the peer may be gone."""
         with contextlib.suppress(Exception):
             await self._send(Error(text=message, code=code).event())
+            # Closing with unread input would reset the connection, and the peer could
+            # lose the error: say we are done (FIN), then drop what it still sends, a while.
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            async with asyncio.timeout(LINGER_SECONDS):
+                while await self.reader.read(64 * 1024):
+                    pass

@@ -60,7 +60,7 @@ async def serve(settings: GatewaySettings, uri: str) -> None:
             max_sessions=settings.live_max_sessions,
         )
         await _until_signal()
-        await _drain(context, SHUTDOWN_GRACE)
+        await drain(context, SHUTDOWN_GRACE)
         await server.stop()
         log.info("wyoming.stopped")
 
@@ -84,7 +84,7 @@ async def _until_signal() -> None:
     await stop.wait()
 
 
-async def _drain(context: WyomingContext, grace: float) -> None:
+async def drain(context: WyomingContext, grace: float) -> None:
     """Close idle connections, let transcriptions finish within ``grace``, cut the rest."""
     context.draining = True
     handlers = list(context.open)

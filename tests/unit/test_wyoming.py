@@ -48,6 +48,7 @@ from gateway.wyoming.framing import (
     read_event,
 )
 from gateway.wyoming.handler import WyomingContext, WyomingHandler
+from gateway.wyoming.server import drain
 from gateway.wyoming.transcription import AudioFormat, StreamedText, Transcription
 from stt_daemon.protocol import TranscriptResult
 
@@ -208,6 +209,7 @@ class FakeSession:
         self.id = "live-fake"
         self.options = options
         self.fed = b""
+        self.received = 0.0
         self.ended: SessionEnded | None = None
         self._fail = fail
         self._words: list[TimedWord] = []
@@ -217,6 +219,7 @@ class FakeSession:
         if self.ended is not None:
             raise SessionClosed("the session has ended")
         self.fed += pcm
+        self.received = len(self.fed) / 32000
         if self._fail:
             self._end(self._fail)
             return
@@ -249,9 +252,10 @@ class FakeSession:
 class FakeLive:
     """LiveSessions' interface: a limit and sessions that record what they got."""
 
-    def __init__(self, limit: int = 1, fail: str | None = None) -> None:
+    def __init__(self, limit: int = 1, fail: str | None = None, record_fails: bool = False) -> None:
         self.limit = limit
         self.fail = fail
+        self.record_fails = record_fails
         self.sessions: list[FakeSession] = []
         self.active = 0
 
@@ -269,6 +273,12 @@ class FakeLive:
             yield session
         finally:
             self.active -= 1
+            if self.record_fails:
+                raise RuntimeError("the status store is gone")
+
+
+#: The context of the server() last started (for the shutdown test).
+CONTEXTS: list[WyomingContext] = []
 
 
 @asynccontextmanager
@@ -285,6 +295,7 @@ async def server(live: FakeLive, **limits: Any) -> AsyncIterator[int]:
         await WyomingHandler(context, reader, writer).run()
 
     listener = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    CONTEXTS.append(context)
     try:
         yield listener.sockets[0].getsockname()[1]
     finally:
@@ -377,6 +388,14 @@ async def test_a_failed_session_is_an_error() -> None:
         assert info is not None and info.type == "info"
 
 
+async def test_a_session_that_cannot_be_recorded_still_answers() -> None:
+    live = FakeLive(record_fails=True)
+    async with server(live) as port, AsyncTcpClient("127.0.0.1", port) as client:
+        for _ in range(2):
+            events = await transcribe(client)
+            assert events[-2].type == "transcript" and events[-2].data["text"] == "w0 w1 w2"
+
+
 async def read_until_closed(reader: asyncio.StreamReader) -> list[Event]:
     events = []
     while (incoming := await asyncio.wait_for(read_event(reader), 5)) is not None:
@@ -443,6 +462,40 @@ async def test_connections_past_the_limit_are_refused() -> None:
         events = await read_until_closed(reader)
         assert [e.data.get("code") for e in events] == ["busy"]
         writer.close()
+
+
+async def test_an_oversized_audio_chunk_ends_the_connection() -> None:
+    async with server(FakeLive()) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        fmt = {"rate": 16000, "width": 2, "channels": 1}
+        writer.write(frame({"type": "audio-start", "data": fmt}))
+        writer.write(frame({"type": "audio-chunk", "data": fmt, "payload_length": 2**21}))
+        events = await read_until_closed(reader)
+        assert events[-1].data["code"] == "bad-event"
+        assert "over 1048576 bytes" in events[-1].data["text"]
+        writer.close()
+
+
+async def test_shutdown_lets_a_transcription_finish_and_closes_idle_connections() -> None:
+    async with (
+        server(FakeLive()) as port,
+        AsyncTcpClient("127.0.0.1", port) as busy,
+        AsyncTcpClient("127.0.0.1", port) as idle,
+    ):
+        await idle.write_event(Describe().event())
+        assert await asyncio.wait_for(idle.read_event(), 5) is not None
+        await busy.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+        assert await asyncio.wait_for(busy.read_event(), 5) is not None  # transcript-start
+        stopping = asyncio.create_task(drain(CONTEXTS[-1], grace=5))
+        assert await asyncio.wait_for(idle.read_event(), 5) is None  # closed at once
+        await busy.write_event(AudioChunk(16000, 2, 1, b"\x00\x01" * 1600).event())
+        await busy.write_event(AudioStop().event())
+        kinds = []
+        while (event := await asyncio.wait_for(busy.read_event(), 5)) is not None:
+            kinds.append(event.type)
+        assert kinds == ["transcript-chunk", "transcript", "transcript-stop"]
+        await asyncio.wait_for(stopping, 5)
+        assert not CONTEXTS[-1].open
 
 
 # -- the command line --------------------------------------------------------
