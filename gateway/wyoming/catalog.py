@@ -28,7 +28,9 @@ WHISPER_LANGUAGES = (
 # fmt: on
 
 WHISPER = Attribution(name="OpenAI", url="https://github.com/openai/whisper")
-PROGRAM = Attribution(name="stt-jobs on faster-whisper", url="https://github.com/SYSTRAN/faster-whisper")
+PROGRAM = Attribution(
+    name="stt-jobs on faster-whisper", url="https://github.com/SYSTRAN/faster-whisper"
+)
 #: Longest prompt made of a transcribe's names and terms (Whisper reads ~224 tokens).
 MAX_PROMPT_CHARS = 400
 
