@@ -307,6 +307,7 @@ class _Stream:
         # session's transcript is then at GET /v1/jobs/{job_id}.
         ready = {"uid": self.uid, "message": "SERVER_READY", "backend": BACKEND}
         await self.send({**ready, "job_id": self.session.id})
+        log.info("whisperlive.session", session=self.session.id, uid=self.uid)
         sender = asyncio.create_task(self._forward())
         try:
             ending = await self._take_audio(sender)
@@ -362,10 +363,8 @@ class _Stream:
         """Feed binary frames to the session until something ends the audio."""
         while True:
             message = await self._next(sender)
-            if message is None:
-                return _Ending(f"no audio for {self.idle:g} s")
-            if message == {}:
-                return _ENDED
+            if isinstance(message, _Ending):
+                return message
             if message["type"] == "websocket.disconnect":
                 self.gone = True
                 return _GONE
@@ -384,8 +383,8 @@ class _Stream:
             if ending is not None:
                 return ending
 
-    async def _next(self, sender: asyncio.Task[SessionEnded]) -> dict[str, Any] | None:
-        """The next message; None after ``idle`` seconds; ``{}`` when the session ended."""
+    async def _next(self, sender: asyncio.Task[SessionEnded]) -> dict[str, Any] | _Ending:
+        """The next message, or why none will come (idle, or the session ended first)."""
         receive = asyncio.ensure_future(self.websocket.receive())
         done, _ = await asyncio.wait(
             {receive, sender}, timeout=self.idle, return_when=asyncio.FIRST_COMPLETED
@@ -395,7 +394,7 @@ class _Stream:
         receive.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await receive
-        return {} if sender in done else None
+        return _ENDED if sender in done else _Ending(f"no audio for {self.idle:g} s")
 
     async def _feed(self, pcm: bytes) -> _Ending | None:
         try:
