@@ -267,7 +267,8 @@ async def whisperlive(websocket: WebSocket, owner: WhisperLiveOwner) -> None:
             # As WhisperLive's full server: WAIT with minutes, then close.
             await _send(websocket, {"uid": options.uid, "status": "WAIT", "message": RETRY_MINUTES})
             return await _close(websocket, CLOSE_TRY_LATER, str(exc))
-        await _refuse(websocket, options.uid, str(exc), CLOSE_ERROR if exc.busy else CLOSE_BAD_DATA)
+        # No broker, or no live sessions here (unknown models were mapped to the default).
+        await _refuse(websocket, options.uid, str(exc), CLOSE_ERROR)
 
 
 @dataclass(frozen=True)

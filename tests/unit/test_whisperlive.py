@@ -358,3 +358,17 @@ def test_keys_where_whisperlive_takes_them(app: FastAPI) -> None:
         with client.websocket_connect("/", subprotocols=["bearer", "k-123"]) as ws:
             assert ws.accepted_subprotocol == "bearer"
             start(ws)
+
+
+def test_no_live_sessions_here_is_an_error_not_a_wait(app: FastAPI) -> None:
+    app.state.services.live = None
+    with TestClient(app) as client, client.websocket_connect("/") as ws:
+        ws.send_text(json.dumps({"uid": "u1"}))
+        messages, code = until_closed(ws)
+    assert code == 1011 and messages == [
+        {
+            "uid": "u1",
+            "status": "ERROR",
+            "message": "live sessions are not available on this gateway",
+        }
+    ]
