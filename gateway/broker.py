@@ -203,7 +203,10 @@ class BrokerLink:
         )
         try:
             async with asyncio.timeout(self._settings.publish_timeout):
-                await self.topology.results_exchange.publish(message, routing_key=routing_key)
+                # Not mandatory: news nobody has bound a queue to is not an error.
+                await self.topology.results_exchange.publish(
+                    message, routing_key=routing_key, mandatory=False
+                )
         except (TimeoutError, AMQPError, ConnectionError, RuntimeError) as exc:
             raise BrokerUnavailable(f"publish failed: {type(exc).__name__}") from None
 

@@ -57,6 +57,19 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 8 * 1024 * 1024
 #: Bytes a websocket may send without an upload slot (pings, close frames, tiny messages).
 WS_FREE_BYTES = 16 * 1024
+#: Largest message on a live-transcription socket: seconds of audio, not a recording.
+LIVE_MAX_MESSAGE = 1024 * 1024
+#: Websocket paths of live transcription (WhisperLive's root, OpenAI's realtime).
+LIVE_PATHS = (b"/", b"/v1/realtime")
+
+
+def is_live_path(request: bytes) -> bool:
+    """True when an upgrade request (its first line) is for a live-transcription path."""
+    line = request.split(b"\r\n", 1)[0].split(b" ")
+    if len(line) < 2:
+        return False
+    path = line[1].split(b"?", 1)[0]
+    return path in LIVE_PATHS
 
 _TOO_MANY = b'{"detail":"too many connections; try again shortly","status_code":503}'
 _REFUSAL = (
@@ -317,6 +330,8 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         if not self._handshake_seen:
             # The upgrade request, replayed by the HTTP protocol: its size is h11's to cap.
             self._handshake_seen = True
+            if is_live_path(data):
+                self._live()
             super().data_received(data)
             return
         if self._held:
@@ -332,6 +347,19 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         elif not self._slot:
             self._free -= len(data)
         self._parse(data)
+
+    def _live(self) -> None:
+        """A live-transcription socket: audio arrives for as long as the session lasts.
+
+        An upload slot would be held for the whole session, so only slots' worth of
+        sessions could stream at once whatever ``STT_LIVE_MAX_SESSIONS`` says. Live
+        sockets need none: their sessions are counted by that limit, their audio is
+        taken a little at a time (backpressure pauses reading), and each message is
+        capped at ``LIVE_MAX_MESSAGE`` instead of the upload-sized ``ws_max_size``.
+        """
+        self._free = 1 << 62
+        self.conn.max_message_size = min(LIVE_MAX_MESSAGE, self.config.ws_max_size)
+        self._splitter = FrameSplitter(LIVE_MAX_MESSAGE)
 
     def _parse(self, data: bytes) -> None:
         if frames := self._splitter.feed(data):

@@ -166,7 +166,7 @@ class LiveSessions:
             )
         except BrokerUnavailable as exc:
             # The session's transcript is still stored; only followers miss this one.
-            log.warning("live.news_not_published", event=news.event, error=str(exc))
+            log.warning("live.news_not_published", news=news.event, error=str(exc))
 
     async def _record(self, session: LiveSession, options: JobOptions) -> None:
         """Store the transcript as the job's result and tell the results exchange."""

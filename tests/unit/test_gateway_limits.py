@@ -182,3 +182,14 @@ def test_uvicorn_runs_h11_with_the_limits() -> None:
     assert options["ws_max_size"] == 16 * 1024 * 1024
     # The websocket cap never exceeds the HTTP upload limit.
     assert GatewaySettings(max_upload_mb=4, ws_max_mb=16).ws_max_bytes == 4 * 1024 * 1024
+
+
+def test_live_sockets_are_recognised_by_their_upgrade_path() -> None:
+    from gateway.limits import is_live_path
+
+    assert is_live_path(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert is_live_path(b"GET /?token=k HTTP/1.1\r\n\r\n")
+    assert is_live_path(b"GET /v1/realtime?intent=transcription HTTP/1.1\r\n\r\n")
+    assert not is_live_path(b"GET /ws/test HTTP/1.1\r\n\r\n")
+    assert not is_live_path(b"GET /v1/realtime/x HTTP/1.1\r\n\r\n")
+    assert not is_live_path(b"garbage")
