@@ -161,6 +161,8 @@ def banner(
         "stt-local is ready",
         f"  HTTP API   {http_url}",
         f"  API docs   {http_url}/docs",
+        f"  live       {http_url.replace('http', 'ws', 1)}/ (WhisperLive), "
+        f"{http_url.replace('http', 'ws', 1)}/v1/realtime?intent=transcription (OpenAI)",
         f"  AMQP       {public_amqp_url(amqp_url)}",
         *(
             [
