@@ -81,12 +81,19 @@ class LocalAgreement:
                         return list(hypothesis[i + n :])
         return [w for w in hypothesis if (w.start + w.end) / 2 > end - _OVERLAP_S]
 
-    def insert(self, hypothesis: Sequence[TimedWord]) -> list[TimedWord]:
-        """Take the next hypothesis; return the words it commits (possibly none)."""
+    def insert(
+        self, hypothesis: Sequence[TimedWord], until: float = float("inf")
+    ) -> list[TimedWord]:
+        """Take the next hypothesis; return the words it commits (possibly none).
+
+        Only words that end by ``until`` may be committed, so that a session can
+        hold back the words at its window's very end (``LiveLimits.hold``; off by
+        default: on the benchmark's speech it changed no word).
+        """
         fresh = self._fresh(hypothesis)
         agreed: list[TimedWord] = []
         for new, old in zip(fresh, self._previous, strict=False):
-            if new.key != old.key or not new.key:
+            if new.key != old.key or not new.key or new.end > until:
                 break
             agreed.append(new)
         self.committed += agreed

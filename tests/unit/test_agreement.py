@@ -64,3 +64,11 @@ def test_flush_commits_the_tail_and_nothing_is_ever_repeated() -> None:
     agreement.insert(words("a b c d e"))
     agreement.insert(words("a b c d e f"))
     assert [w.key for w in agreement.committed] == ["a", "b", "c", "d", "e"]
+
+
+def test_words_past_until_wait_for_a_later_hypothesis() -> None:
+    agreement = LocalAgreement()
+    agreement.insert(words("a b c d"))
+    # Agreed on all four, but c and d end after 1.0: not yet.
+    assert [w.key for w in agreement.insert(words("a b c d"), until=1.0)] == ["a", "b"]
+    assert [w.key for w in agreement.insert(words("a b c d e"))] == ["c", "d"]
