@@ -277,6 +277,14 @@ class TranscriptionConfig:
         return self.turn_detection is not None
 
     @property
+    def end_silence(self) -> float | None:
+        """The client's ``silence_duration_ms`` in seconds, within 0.1-10 s (None: not set)."""
+        td = self.turn_detection
+        if td is None or td.silence_duration_ms is None:
+            return None
+        return min(max(td.silence_duration_ms / 1000, 0.1), 10.0)
+
+    @property
     def logprobs(self) -> bool:
         """Whether deltas and transcripts carry word log-probabilities."""
         return LOGPROBS in self.include
@@ -358,7 +366,7 @@ def _check_ga_format(fmt: AudioFormat | None, event_id: str | None) -> None:
 
 
 def _turn_detection(config: TranscriptionConfig, silence_ms: int) -> Event | None:
-    """Turn detection as it is in effect: the gateway's silence, the client's type."""
+    """Turn detection as it is in effect: the client's silence (else the gateway's), type."""
     td = config.turn_detection
     if td is None:
         return None
@@ -366,7 +374,9 @@ def _turn_detection(config: TranscriptionConfig, silence_ms: int) -> Event | Non
         "type": td.type,
         "threshold": td.threshold if td.threshold is not None else 0.5,
         "prefix_padding_ms": td.prefix_padding_ms if td.prefix_padding_ms is not None else 300,
-        "silence_duration_ms": silence_ms,
+        "silence_duration_ms": round(config.end_silence * 1000)
+        if config.end_silence
+        else silence_ms,
     }
 
 

@@ -351,7 +351,10 @@ class RealtimeConnection:
         """The live session for new audio, opened with the configuration now in effect."""
         config = self._config
         options = SessionOptions(
-            model=config.resolved, language=config.language, prompt=config.prompt
+            model=config.resolved,
+            language=config.language,
+            prompt=config.prompt,
+            end_silence=config.end_silence,
         )
         stack = AsyncExitStack()
         try:

@@ -270,6 +270,32 @@ def test_session_update_changes_only_what_it_names(client: TestClient, live: Fak
     assert (options.model, options.language, options.prompt) == ("base", "de", "Namen")
 
 
+def test_the_clients_silence_duration_ends_its_utterances(
+    client: TestClient, live: FakeLive
+) -> None:
+    with client.websocket_connect(URL) as ws:
+        ws.receive_json()
+        ws.send_json(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "transcription",
+                    "audio": {
+                        "input": {
+                            "turn_detection": {"type": "server_vad", "silence_duration_ms": 800}
+                        }
+                    },
+                },
+            }
+        )
+        updated = ws.receive_json()["session"]
+        append(ws, 0.2)
+        ws.send_json({"type": "input_audio_buffer.commit"})
+        receive_until(ws, "conversation.item.input_audio_transcription.completed")
+    assert updated["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 800
+    assert live.sessions[0].options.end_silence == 0.8
+
+
 def test_openai_model_names_mean_the_default_model(client: TestClient, live: FakeLive) -> None:
     with client.websocket_connect(URL) as ws:
         ws.receive_json()
