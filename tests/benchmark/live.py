@@ -155,6 +155,7 @@ def summary(traces: list[Trace], reference: str) -> dict[str, Any]:
         "commit_p50": percentile(commit, 50),
         "completed_p50": percentile(completed, 50) if completed else float("nan"),
         "completed_max": max(completed) if completed else float("nan"),
+        "overhead_p50": percentile(overhead, 50),
         "overhead_p99": percentile(overhead, 99),
         "wer": max(word_error_rate(reference, t.text) for t in traces),
         "windows": sum(len(t.window_latency) for t in traces),
