@@ -71,6 +71,7 @@ def is_live_path(request: bytes) -> bool:
     path = line[1].split(b"?", 1)[0]
     return path in LIVE_PATHS
 
+
 _TOO_MANY = b'{"detail":"too many connections; try again shortly","status_code":503}'
 _REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
