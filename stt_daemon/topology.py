@@ -197,8 +197,10 @@ async def declare_topology(
         )
         await quarantine.bind(quarantine_exchange, routing_key=model)
 
-    # Live windows: classic queues (nothing to replicate: a window lives a few seconds,
-    # and a lost one is sent again), bounded, with a TTL that drops what nobody awaits.
+    # Live windows: quorum queues too, though a window lives a few seconds and a lost
+    # one is sent again: a classic queue lives on one node, and while that node is
+    # down no process could declare it (nor start) and no session could go on.
+    # Bounded, with a TTL that drops what nobody awaits.
     topology.live_exchange = await channel.declare_exchange(
         names.live_exchange, aio_pika.ExchangeType.DIRECT, durable=True
     )
@@ -207,7 +209,7 @@ async def declare_topology(
             names.live_queue(model),
             durable=True,
             arguments={
-                "x-queue-type": "classic",
+                **durable_quorum,
                 "x-max-length": LIVE_QUEUE_LENGTH,
                 "x-overflow": "reject-publish",
                 "x-message-ttl": LIVE_WINDOW_TTL_MS,

@@ -21,11 +21,11 @@ from typing import Any
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel
 from webhooks import forget_delay_queues as forget_delay_queues_of
 
 from gateway.callbacks import RetryPlan
 from stack import JFK, Gateway, Stack
+from stt_daemon.amqp import broker_user
 from stt_daemon.protocol import EventType, JobEvent, JobOptions
 
 SECRET = "s3cret-for-tests"
@@ -95,7 +95,7 @@ async def _sender_up(stack: Stack, **env: str) -> Gateway:
     return gw
 
 
-async def _publish_final(channel: AbstractChannel, stack: Stack, url: str) -> str:
+async def _publish_final(stack: Stack, url: str) -> str:
     """What a daemon publishes when a job ends: a final event naming the callback."""
     job_id = str(uuid.uuid4())
     event = JobEvent(
@@ -104,11 +104,20 @@ async def _publish_final(channel: AbstractChannel, stack: Stack, url: str) -> st
         model="tiny.en",
         options=JobOptions(callback_url=url),
     )
-    exchange = await channel.get_exchange(stack.names.results_exchange)
-    await exchange.publish(
-        aio_pika.Message(event.model_dump_json().encode(), message_id=f"{job_id}:final"),
-        routing_key=event.event.value,
-    )
+    # As a daemon: the webhook sender believes only its broker user's events.
+    url_of_daemon = stack.url_of("daemon")
+    connection = await aio_pika.connect(url_of_daemon)
+    async with connection:
+        daemon_channel = await connection.channel()
+        exchange = await daemon_channel.get_exchange(stack.names.results_exchange, ensure=False)
+        await exchange.publish(
+            aio_pika.Message(
+                event.model_dump_json().encode(),
+                message_id=f"{job_id}:final",
+                user_id=broker_user(url_of_daemon),
+            ),
+            routing_key=event.event.value,
+        )
     return job_id
 
 
@@ -152,11 +161,11 @@ async def test_literal_loopback_and_odd_spellings_are_refused_at_submit(stack: S
 
 
 async def test_a_name_for_loopback_is_refused_when_sending(
-    stack: Stack, receiver: Receiver, channel: AbstractChannel
+    stack: Stack, receiver: Receiver
 ) -> None:
     gw = await _sender_up(stack, **BASE_ENV)
     # ``localhost`` passes the submit check (names are not resolved there) ...
-    job_id = await _publish_final(channel, stack, receiver.url(host="localhost"))
+    job_id = await _publish_final(stack, receiver.url(host="localhost"))
     # ... and is refused once resolved, before any connection.
     refused = await _wait_log(gw, "callback.refused", 1, timeout=20)
     assert refused[0]["job_id"] == job_id and "loopback" in refused[0]["reason"]
@@ -165,21 +174,21 @@ async def test_a_name_for_loopback_is_refused_when_sending(
 
 
 async def test_an_allow_listed_loopback_receiver_gets_its_call(
-    stack: Stack, receiver: Receiver, channel: AbstractChannel
+    stack: Stack, receiver: Receiver
 ) -> None:
     gw = await _sender_up(stack, **{**BASE_ENV, "STT_CALLBACK_ALLOW": "127.0.0.0/8,::1"})
-    job_id = await _publish_final(channel, stack, receiver.url(host="localhost"))
+    job_id = await _publish_final(stack, receiver.url(host="localhost"))
     delivered = await _wait_log(gw, "callback.delivered", 1, timeout=20)
     assert delivered[0]["job_id"] == job_id and len(receiver.calls) == 1
 
 
 async def test_credentials_in_a_callback_url_are_neither_used_nor_logged(
-    stack: Stack, receiver: Receiver, channel: AbstractChannel
+    stack: Stack, receiver: Receiver
 ) -> None:
     """Replays the call that POSTed to a broker's management API as guest:guest."""
     gw = await _sender_up(stack, **ALLOW_LOOPBACK)
     url = f"http://guest:guest@127.0.0.1:{receiver.port}/api/definitions?token=abc"
-    await _publish_final(channel, stack, url)
+    await _publish_final(stack, url)
     refused = await _wait_log(gw, "callback.refused", 1, timeout=20)
     assert "credentials" in refused[0]["reason"]
     assert refused[0]["url"] == f"http://127.0.0.1:{receiver.port}/api/definitions?…"
@@ -189,9 +198,7 @@ async def test_credentials_in_a_callback_url_are_neither_used_nor_logged(
     assert "guest:guest" not in output and "token=abc" not in output
 
 
-async def test_a_slow_receiver_does_not_delay_another_tenants_webhook(
-    stack: Stack, channel: AbstractChannel
-) -> None:
+async def test_a_slow_receiver_does_not_delay_another_tenants_webhook(stack: Stack) -> None:
     """Replays the incident: one tenant's slow receiver delayed everyone's webhooks.
 
     More calls to the slow, failing receiver than the sender takes from the queue
@@ -208,10 +215,10 @@ async def test_a_slow_receiver_does_not_delay_another_tenants_webhook(
     ):
         gw = await _sender_up(stack, **env)
         for i in range(100):
-            await _publish_final(channel, stack, slow.url(f"/a{i}"))
+            await _publish_final(stack, slow.url(f"/a{i}"))
         await asyncio.sleep(0.5)  # the slow tenant's calls are under way
         sent = time.monotonic()
-        job_id = await _publish_final(channel, stack, fast.url("/b"))
+        job_id = await _publish_final(stack, fast.url("/b"))
         delivered = await _wait_log(gw, "callback.delivered", 1, timeout=10)
         assert delivered[0]["job_id"] == job_id
         assert fast.calls[0][0] - sent < 3
