@@ -26,6 +26,7 @@ from common import Context, Row, machine  # noqa: E402
 from fanout import fanout  # noqa: E402
 from http_load import gateway_load, gateway_memory  # noqa: E402
 from live import live  # noqa: E402
+from memory import long_recordings  # noqa: E402
 from scaleout import scaleout  # noqa: E402
 from whisper import daemon_memory, overhead, throughput  # noqa: E402
 
@@ -37,7 +38,7 @@ SECTIONS: dict[str, list[Section]] = {
     "throughput": [throughput],
     "gateway": [gateway_load],
     "overhead": [overhead],
-    "memory": [gateway_memory, daemon_memory],
+    "memory": [gateway_memory, daemon_memory, long_recordings],
     "scaleout": [scaleout],
     "fanout": [fanout],
     "live": [live],
