@@ -32,9 +32,11 @@ def load_engines(settings: DaemonSettings) -> dict[str, Engine]:
         ref = resolve(spec)
         engines[ref.name] = WhisperEngine(
             ref,
-            # The quarantine consumer's one job and live windows get workers of their
-            # own: neither may wait for a batch job to free one.
-            workers=settings.prefetch + 1 + settings.live_prefetch,
+            # No workers beyond STT_PREFETCH: each costs memory whether it runs or not
+            # (measured: 3 transcriptions in flight peak at 733 MB with 3 workers, 1,065 MB
+            # with 6). Live windows still get one soon: batch jobs hold at their next
+            # window while live work goes on (live.LiveGate), which frees their workers.
+            workers=settings.prefetch,
             cpu_threads=threads,
             device=settings.device,
             compute_type=settings.compute_type,

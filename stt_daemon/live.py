@@ -5,11 +5,12 @@ A window is decoded in a worker thread and answered to its ``reply_to`` (direct
 reply-to) with :class:`~stt_daemon.liveprotocol.LiveReply`, then acked; a window
 whose deadline has passed is acked unanswered (nobody waits for it any more).
 
-Live work must not wait behind batch jobs. The engine's worker pool has slots
-kept for live windows, and :class:`LiveGate` holds batch transcriptions at their
-next Whisper window while live windows are decoded here and for a moment after,
-so that while sessions run a live step shares the CPU with nothing but other
-live steps and the batch windows already in progress (which finish first).
+Live work must not wait behind batch jobs. :class:`LiveGate` holds batch
+transcriptions at their next Whisper window while live windows are decoded here
+and for a moment after, so that while sessions run a live step shares the CPU
+(and the engine's CTranslate2 workers, which a held job does not occupy) with
+nothing but other live steps and the batch windows already in progress, which
+finish first.
 """
 
 from __future__ import annotations
