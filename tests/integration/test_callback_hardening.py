@@ -134,6 +134,7 @@ async def _wait_log(gw: Gateway, event: str, count: int, timeout: float) -> list
 @pytest.fixture
 async def forget_delay_queues(stack: Stack, amqp_url: str) -> AsyncIterator[None]:
     yield
+    await stack.stop_all()  # no gateway may declare them while they go
     await forget_delay_queues_of(amqp_url, stack.names, RetryPlan(10, 0.2), RetryPlan(2, 0.2))
 
 

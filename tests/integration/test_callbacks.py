@@ -33,6 +33,7 @@ CALLBACK_ENV = {
 @pytest.fixture(autouse=True)
 async def _forget_delay_queues(stack: Stack, amqp_url: str) -> AsyncIterator[None]:
     yield
+    await stack.stop_all()  # no gateway may declare them while they go
     await forget_delay_queues(amqp_url, stack.names, RetryPlan(10, 0.2))
 
 
