@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCHEMA_VERSION: Literal[1] = 1
 JSON_CONTENT_TYPE = "application/json"
@@ -30,6 +30,9 @@ INLINE_OPTION_HEADERS = (
     "beam_size",
     "temperature",
     "diarize",
+    "num_speakers",
+    "min_speakers",
+    "max_speakers",
     "callback_url",
     "split",
 )
@@ -134,6 +137,13 @@ class Diarize(StrEnum):
     NONE = "none"
     #: Each channel of a multi-channel recording is one speaker.
     CHANNELS = "channels"
+    #: Voices told apart in one channel (speaker embeddings, clustered).
+    SPEAKERS = "speakers"
+
+
+#: The most speakers a hint may name: more than any meeting we expect, and a bound on
+#: the clustering's work.
+MAX_SPEAKERS = 32
 
 
 class JobOptions(_Wire):
@@ -153,11 +163,35 @@ class JobOptions(_Wire):
     beam_size: int | None = Field(default=None, ge=1, le=10)
     temperature: float | None = Field(default=None, ge=0.0, le=1.0)
     diarize: Diarize = Diarize.NONE
+    #: With ``diarize=speakers``: how many speakers there are, when known; or bounds
+    #: on the estimate. Absent: estimated (one voice alone comes out as one speaker).
+    num_speakers: int | None = Field(default=None, ge=1, le=MAX_SPEAKERS)
+    min_speakers: int | None = Field(default=None, ge=1, le=MAX_SPEAKERS)
+    max_speakers: int | None = Field(default=None, ge=1, le=MAX_SPEAKERS)
     #: Where the gateway POSTs the final result (signed); see the README.
     callback_url: str | None = Field(default=None, max_length=2000, pattern=r"^https?://")
     #: Let a long recording be split at pauses and its parts run on several daemons
     #: (see ``STT_SPLIT_SECONDS``); false keeps it one job, in one daemon.
     split: bool = True
+
+    @model_validator(mode="after")
+    def _speaker_hints_agree(self) -> JobOptions:
+        # Checked here, so a producer on the broker gets the same answer as an HTTP caller.
+        hints = [
+            name
+            for name in ("num_speakers", "min_speakers", "max_speakers")
+            if getattr(self, name) is not None
+        ]
+        if hints and self.diarize is not Diarize.SPEAKERS:
+            raise ValueError(f"{', '.join(hints)} needs diarize=speakers")
+        if self.num_speakers is not None and (
+            self.min_speakers is not None or self.max_speakers is not None
+        ):
+            raise ValueError("give num_speakers, or min_speakers/max_speakers, not both")
+        low, high = self.min_speakers, self.max_speakers
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_speakers ({low}) is more than max_speakers ({high})")
+        return self
 
 
 class AudioRef(_Wire):
@@ -218,6 +252,16 @@ class Word(_Wire):
     end: float
     word: str
     probability: float
+    #: With ``diarize=speakers``: who said it (``SPEAKER_00``...).
+    speaker: str | None = None
+
+
+class SpeakerTurn(_Wire):
+    """One stretch of time in which one speaker talks (``diarize=speakers``)."""
+
+    start: float
+    end: float
+    speaker: str
 
 
 class Segment(_Wire):
@@ -230,7 +274,9 @@ class Segment(_Wire):
     words: list[Word] | None = None
     #: Whisper's mean token log probability for the segment: how sure it was.
     avg_logprob: float | None = None
-    #: With ``diarize=channels``: who spoke (``channel_0``, ``channel_1``...).
+    #: Who spoke: ``channel_0``, ``channel_1``... with ``diarize=channels``;
+    #: ``SPEAKER_00``, ``SPEAKER_01``... (in order of first appearance) with
+    #: ``diarize=speakers``, where a segment never spans a change of speaker.
     speaker: str | None = None
 
 
@@ -269,6 +315,8 @@ class TranscriptResult(_Wire):
     segments: list[Segment]
     #: Empty when there is nothing to say; e.g. speech the transcript misses.
     warnings: list[ResultWarning] = []
+    #: With ``diarize=speakers``: who spoke when, in time order (absent otherwise).
+    speaker_turns: list[SpeakerTurn] | None = None
 
 
 class ErrorInfo(_Wire):
