@@ -31,7 +31,15 @@ EXTENSIONS = {
     "srt": "srt",
     "vtt": "vtt",
     "tsv": "tsv",
+    "rttm": "rttm",
+    "diarized_json": "json",
 }
+#: Formats made of speakers: asking for one turns on ``--diarize speakers`` by itself.
+SPEAKER_FORMATS = frozenset({"rttm", "diarized_json"})
+#: The speaker-count options; the gateway's rules (stt_daemon/protocol.py) are checked here
+#: too, so that no file is uploaded only to be refused (this module never imports pydantic).
+SPEAKER_HINTS = ("num_speakers", "min_speakers", "max_speakers")
+MAX_SPEAKERS = 32
 
 
 @dataclass
@@ -138,10 +146,45 @@ def _job_options(args: argparse.Namespace) -> dict[str, Any]:
         "vad_filter": True if args.vad_filter else None,
         "beam_size": args.beam_size,
         "temperature": args.temperature,
-        "diarize": args.diarize,
+        "diarize": _diarize(args),
+        **{name: getattr(args, name) for name in SPEAKER_HINTS},
         "callback_url": args.callback_url,
         "split": False if args.no_split else None,
     }
+
+
+def _diarize(args: argparse.Namespace) -> str | None:
+    """``--diarize``, or ``speakers`` when not given and the format is made of speakers."""
+    diarize: str | None = args.diarize
+    if diarize is None and args.format in SPEAKER_FORMATS:
+        return "speakers"
+    return diarize
+
+
+def _speaker_problem(args: argparse.Namespace) -> str | None:
+    """Why the speaker options cannot go together, or None."""
+    given = [f"--{name.replace('_', '-')}" for name in SPEAKER_HINTS if getattr(args, name)]
+    if given and args.diarize != "speakers":
+        return f"{', '.join(given)} needs --diarize speakers"
+    if args.num_speakers and (args.min_speakers or args.max_speakers):
+        return "give --num-speakers, or --min-speakers/--max-speakers, not both"
+    low, high = args.min_speakers, args.max_speakers
+    if low and high and low > high:
+        return f"--min-speakers ({low}) is more than --max-speakers ({high})"
+    if args.format in SPEAKER_FORMATS and args.diarize == "none":
+        return f"--format {args.format} lists speakers: use --diarize speakers (or channels)"
+    return None
+
+
+def _speaker_count(value: str) -> int:
+    """argparse type: a number of speakers, 1 to MAX_SPEAKERS."""
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_SPEAKERS:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_SPEAKERS}")
+    return count
 
 
 def _output_path(out: Path, item: Submitted, fmt: str) -> Path:
@@ -246,7 +289,7 @@ def _write_results(
 def cmd_transcribe(args: argparse.Namespace, client: SttClient) -> int:
     """Submit files; with --wait (or --out) follow them and write the results."""
     wait = args.wait or args.out is not None
-    problem = _check_inputs(args.files, args.out, args.format)
+    problem = _speaker_problem(args) or _check_inputs(args.files, args.out, args.format)
     if problem:
         _say(problem)
         return EXIT_USAGE
@@ -347,7 +390,17 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vad-filter", action="store_true", help="skip silence (Silero VAD)")
     group.add_argument("--beam-size", type=int, metavar="N", help="decoder beam size (1-10)")
     group.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
-    group.add_argument("--diarize", choices=["none", "channels"], help="channels: one speaker each")
+    group.add_argument(
+        "--diarize",
+        choices=["none", "channels", "speakers"],
+        help="speakers: tell voices apart; channels: one speaker per channel",
+    )
+    for name, what in (
+        ("num", "how many speakers there are, if known"),
+        ("min", "at least N speakers (else estimated)"),
+        ("max", "at most N speakers (else estimated)"),
+    ):
+        group.add_argument(f"--{name}-speakers", type=_speaker_count, metavar="N", help=what)
     group.add_argument("--callback-url", metavar="URL", help="the gateway POSTs the result here")
     group.add_argument(
         "--no-split", action="store_true", help="keep a long recording in one piece, on one daemon"

@@ -30,7 +30,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 #: Statuses after which a job never changes again.
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 #: Result formats answered as JSON (the others are text).
-JSON_FORMATS = frozenset({"json", "verbose_json"})
+JSON_FORMATS = frozenset({"json", "verbose_json", "diarized_json"})
 
 AudioSource = str | os.PathLike[str] | bytes
 
@@ -245,10 +245,16 @@ class SttClient:
         beam_size: int | None = None,
         temperature: float | None = None,
         diarize: str | None = None,
+        num_speakers: int | None = None,
+        min_speakers: int | None = None,
+        max_speakers: int | None = None,
         callback_url: str | None = None,
         split: bool | None = None,
     ) -> Job:
         """Upload audio as a new job (only the options given are sent).
+
+        ``diarize="speakers"`` tells voices apart; ``num_speakers`` (or ``min_speakers``
+        and ``max_speakers``) say how many there are, when known (the gateway checks them).
 
         429 (queue full) and 503 (broker unavailable) answers that carry ``Retry-After``
         are retried after the time they ask for, at most ``max_tries`` times in all.
@@ -264,6 +270,9 @@ class SttClient:
             "beam_size": beam_size,
             "temperature": temperature,
             "diarize": diarize,
+            "num_speakers": num_speakers,
+            "min_speakers": min_speakers,
+            "max_speakers": max_speakers,
             "callback_url": callback_url,
             "split": split,
         }
@@ -299,7 +308,8 @@ class SttClient:
         return Job.from_dict(self._request("GET", f"/v1/jobs/{job_id}").json())
 
     def result(self, job_id: str, format: str = "json") -> str | dict[str, Any]:
-        """The transcript: a dict for ``json``/``verbose_json``, else text (srt, vtt...)."""
+        """The transcript: a dict for ``json``/``verbose_json``/``diarized_json``, else text
+        (srt, vtt, rttm...)."""
         response = self._request("GET", f"/v1/jobs/{job_id}/result", params={"format": format})
         if format in JSON_FORMATS:
             body: dict[str, Any] = response.json()

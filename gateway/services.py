@@ -34,6 +34,26 @@ from stt_daemon.protocol import (
 )
 
 
+class InvalidOptions(HTTPException):
+    """422: job options that do not validate, each problem in a sentence.
+
+    ``param`` names the field at fault when one is (OpenAI's errors carry it); a rule
+    between fields (``num_speakers needs diarize=speakers``) names none.
+    """
+
+    def __init__(self, exc: ValidationError) -> None:
+        errors = exc.errors()
+        problems = []
+        for error in errors:
+            # A rule between fields has no location, and pydantic prefixes its sentence.
+            message = error["msg"].removeprefix("Value error, ")
+            loc = ".".join(map(str, error["loc"]))
+            problems.append(f"{loc}: {message}" if loc else message)
+        super().__init__(422, f"invalid job options: {'; '.join(problems)}")
+        first = errors[0]["loc"] if errors else ()
+        self.param = str(first[0]) if first else None
+
+
 @dataclass
 class Services:
     """Long-lived objects owned by the app's lifespan."""
@@ -72,8 +92,7 @@ class Services:
         try:
             options = JobOptions.model_validate(raw)
         except ValidationError as exc:
-            errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise HTTPException(422, f"invalid job options: {errors}") from None
+            raise InvalidOptions(exc) from None
         if options.callback_url:
             try:  # names are checked again, resolved, at each call (gateway/egress.py)
                 check_callback_url(

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from gateway import sse
 from gateway.auth import REQUIRE_KEY, OwnerDep
-from gateway.formats import MEDIA_TYPES, ResultFormat, render
+from gateway.formats import MEDIA_TYPES, NoSpeakers, ResultFormat, render
 from gateway.jobfeed import (
     JobFeedDep,
     StreamTimeout,
@@ -71,7 +71,9 @@ async def create_job(
     idempotency_key: IdempotencyKey = None,
 ) -> JobView:
     """Upload audio (multipart ``file``; optional ``model``, ``language``, ``task``,
-    ``word_timestamps``). Answers 202 once the broker has confirmed the job."""
+    ``word_timestamps``, ``diarize`` (``channels``, or ``speakers`` with ``num_speakers`` or
+    ``min_speakers``/``max_speakers``)...; 422 says what is wrong with them). Answers 202
+    once the broker has confirmed the job."""
     upload = await receive_upload(request, services.blobs, services.settings.max_upload_bytes)
     try:
         options = services.job_options(upload.fields)
@@ -117,7 +119,8 @@ async def get_result(
     format: ResultFormat = ResultFormat.JSON,
 ) -> Response:
     """The transcript: ``json`` (default: text, language, duration, segments, words when
-    asked), ``verbose_json``, ``text``, ``srt``, ``vtt`` or ``tsv``."""
+    asked), ``verbose_json``, ``text``, ``srt``, ``vtt``, ``tsv``, and for jobs with
+    speakers ``rttm`` and ``diarized_json`` (409 for a job without speakers)."""
     record = await services.job_or_404(job_id, owner=owner)
     if record.status is JobStatus.FAILED:
         reason = record.error.message if record.error else "unknown reason"
@@ -130,7 +133,10 @@ async def get_result(
             f"job is {record.status.value}; the result is not ready yet (progress "
             f"{record.progress:.0%})",
         )
-    body, media_type = render(record.result, format)
+    try:
+        body, media_type = render(record.result, format, file_id=record.id)
+    except NoSpeakers as exc:
+        raise HTTPException(409, str(exc)) from None
     return Response(body, media_type=media_type)
 
 

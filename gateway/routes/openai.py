@@ -10,6 +10,15 @@ With ``stream=true`` the answer is server-sent events, as OpenAI streams a trans
 ``transcript.text.delta`` as segments of the job finish (the daemons' ``job.progress``
 events carry them), then ``transcript.text.done`` with the whole text; a job that fails
 or times out ends the stream with an error event.
+
+Speakers: ``diarize=speakers`` (with ``num_speakers`` or ``min_speakers``/``max_speakers``)
+may be added to the form like our other options, and ``response_format=diarized_json``
+(OpenAI's speaker-labelled shape) or ``rttm`` turns it on by itself. OpenAI's
+``gpt-4o-transcribe-diarize`` is, like every ``gpt-`` name, our default model: the
+response format decides whether speakers are told apart, as it decides what OpenAI
+answers. ``known_speaker_names[]``/``known_speaker_references[]`` are refused (speakers
+are lettered A, B... here, never named); ``chunking_strategy`` is ignored, as are the
+other fields we have no use for (a long recording is split at pauses anyway).
 """
 
 from __future__ import annotations
@@ -29,12 +38,21 @@ from gateway import sse
 from gateway.auth import REQUIRE_KEY_OPENAI, OpenAIOwnerDep
 from gateway.broker import BrokerUnavailable, QueueFull, UnroutableJob
 from gateway.errors import QUEUE_FULL_DETAIL, openai_error
-from gateway.formats import ResultFormat, render, to_verbose_json
+from gateway.formats import (
+    SPEAKER_FORMATS,
+    NoSpeakers,
+    ResultFormat,
+    render,
+    to_diarized_json,
+    to_verbose_json,
+)
 from gateway.jobfeed import StreamTimeout, Subscription, TooManyStreams, follow, get_feed
-from gateway.services import Services, ServicesDep
+from gateway.services import InvalidOptions, Services, ServicesDep
 from gateway.store import JobRecord
 from gateway.uploads import receive_upload
 from stt_daemon.protocol import (
+    MAX_SPEAKERS,
+    Diarize,
     ErrorCode,
     ErrorInfo,
     JobEvent,
@@ -53,7 +71,11 @@ log = structlog.get_logger("gateway.openai")
 OPENAI_MODEL_NAMES = frozenset({"whisper-1"})
 OPENAI_MODEL_PREFIX = "gpt-"
 #: Options of ours a client may add to OpenAI's form (the Python client's ``extra_body``).
-EXTRA_OPTIONS = ("hotwords", "vad_filter", "beam_size", "split")
+SPEAKER_OPTIONS = ("diarize", "num_speakers", "min_speakers", "max_speakers")
+EXTRA_OPTIONS = ("hotwords", "vad_filter", "beam_size", "split", *SPEAKER_OPTIONS)
+#: OpenAI's fields for naming speakers from voice samples (``name[]`` as its clients send
+#: them): refused, not ignored, as a client sending them expects its names, not letters.
+KNOWN_SPEAKER_FIELDS = ("known_speaker_names", "known_speaker_references")
 #: Job failures caused by the upload itself: the client's fault, a 400.
 CLIENT_ERRORS = frozenset({ErrorCode.BAD_AUDIO, ErrorCode.AUDIO_TOO_LONG})
 POLL_INTERVAL = 0.1
@@ -124,14 +146,7 @@ class SyncRequest:
 def parse_form(form: Mapping[str, str], task: Task, default_model: str) -> SyncRequest:
     """Translate OpenAI's form fields into our job fields (validated later by job_options)."""
     stream = form.get("stream", "").lower() in {"true", "1"}
-    raw_format = form.get("response_format") or ResultFormat.JSON.value
-    try:
-        response_format = ResultFormat(raw_format)
-    except ValueError:
-        allowed = ", ".join(f.value for f in ResultFormat)
-        raise OpenAIError(
-            400, f"response_format must be one of {allowed}", param="response_format"
-        ) from None
+    response_format = _response_format(form, task)
     granularities = _granularities(form)
     if granularities and response_format is not ResultFormat.VERBOSE_JSON:
         raise OpenAIError(
@@ -160,7 +175,48 @@ def parse_form(form: Mapping[str, str], task: Task, default_model: str) -> SyncR
         fields["temperature"] = temperature
     if Granularity.WORD in granularities:
         fields["word_timestamps"] = True
+    fields |= _speaker_fields(form, response_format)
     return SyncRequest(fields, response_format, granularities, stream)
+
+
+def _response_format(form: Mapping[str, str], task: Task) -> ResultFormat:
+    raw = form.get("response_format") or ResultFormat.JSON.value
+    try:
+        response_format = ResultFormat(raw)
+    except ValueError:
+        allowed = ", ".join(f.value for f in ResultFormat)
+        raise OpenAIError(
+            400, f"response_format must be one of {allowed}", param="response_format"
+        ) from None
+    if response_format is ResultFormat.DIARIZED_JSON and task is Task.TRANSLATE:
+        # OpenAI's shape says task "transcribe", and its translations have no such format.
+        raise OpenAIError(
+            400, "diarized_json is for transcriptions, not translations", param="response_format"
+        )
+    return response_format
+
+
+def _speaker_fields(form: Mapping[str, str], response_format: ResultFormat) -> dict[str, str]:
+    """``diarize=speakers`` for the formats made of speakers, unless the form says otherwise."""
+    for name in KNOWN_SPEAKER_FIELDS:
+        if form.get(name) or form.get(f"{name}[]"):
+            raise OpenAIError(
+                400,
+                f"{name} is not supported: speakers are labelled A, B... in order of first "
+                "appearance (diarized_json), or SPEAKER_00, SPEAKER_01... elsewhere",
+                param=name,
+            )
+    if response_format not in SPEAKER_FORMATS:
+        return {}
+    diarize = form.get("diarize") or Diarize.SPEAKERS.value
+    if diarize == Diarize.NONE.value:
+        raise OpenAIError(
+            400,
+            f"response_format={response_format.value} needs speakers: leave diarize out "
+            "or set it to speakers (or channels)",
+            param="diarize",
+        )
+    return {"diarize": diarize}
 
 
 def _granularities(form: Mapping[str, str]) -> frozenset[Granularity]:
@@ -185,23 +241,41 @@ def _is_zero(value: str) -> bool:
 
 
 def render_result(
-    result: TranscriptResult, fmt: ResultFormat, granularities: frozenset[Granularity]
+    result: TranscriptResult,
+    fmt: ResultFormat,
+    granularities: frozenset[Granularity],
+    job_id: str | None = None,
 ) -> Response:
-    """The body OpenAI would send for ``fmt`` (``json`` is OpenAI's ``{"text"}``, not ours)."""
+    """The body OpenAI would send for ``fmt`` (``json`` is OpenAI's ``{"text"}``, not ours).
+
+    ``job_id`` names the recording in RTTM.
+    """
     if fmt is ResultFormat.JSON:
         return JSONResponse({"text": result.text})
     if fmt is ResultFormat.VERBOSE_JSON:
-        body = to_verbose_json(result)
-        # Like OpenAI: segments by default or when asked; words only when asked.
-        if granularities and Granularity.SEGMENT not in granularities:
-            body.pop("segments", None)
-        if Granularity.WORD in granularities:
-            body.setdefault("words", [])
-        else:
-            body.pop("words", None)
-        return JSONResponse(body)
-    text, media_type = render(result, fmt)
+        return JSONResponse(_verbose_json(result, granularities))
+    try:
+        if fmt is ResultFormat.DIARIZED_JSON:
+            return JSONResponse(to_diarized_json(result))
+        text, media_type = render(result, fmt, file_id=job_id)
+    except NoSpeakers as exc:
+        # Only a daemon that ignored diarize gets here: the job ran, a retry would not help.
+        raise OpenAIError(400, str(exc), param="response_format", retry=False) from None
     return Response(text, media_type=media_type)
+
+
+def _verbose_json(
+    result: TranscriptResult, granularities: frozenset[Granularity]
+) -> dict[str, Any]:
+    body = to_verbose_json(result)
+    # Like OpenAI: segments by default or when asked; words only when asked.
+    if granularities and Granularity.SEGMENT not in granularities:
+        body.pop("segments", None)
+    if Granularity.WORD in granularities:
+        body.setdefault("words", [])
+    else:
+        body.pop("words", None)
+    return body
 
 
 def failure_error(record: JobRecord) -> OpenAIError:
@@ -260,9 +334,10 @@ def _options(services: Services, fields: dict[str, Any]) -> JobOptions:
     except HTTPException as exc:
         # job_options answers 400 for an unknown model and 422 for invalid values;
         # OpenAI answers 400 for both.
-        param = "model" if exc.status_code == 400 else None
-        code = "model_not_found" if param else None
-        raise OpenAIError(400, str(exc.detail), param=param, code=code) from None
+        if exc.status_code == 400:
+            raise OpenAIError(400, str(exc.detail), param="model", code="model_not_found") from None
+        param = exc.param if isinstance(exc, InvalidOptions) else None
+        raise OpenAIError(400, str(exc.detail), param=param) from None
 
 
 class TranscriptSoFar:
@@ -392,7 +467,7 @@ async def _transcribe(
         return Response(status_code=499)
     if final.status is not JobStatus.SUCCEEDED or final.result is None:
         raise failure_error(final)
-    response = render_result(final.result, asked.response_format, asked.granularities)
+    response = render_result(final.result, asked.response_format, asked.granularities, final.id)
     response.headers[JOB_ID_HEADER] = final.id
     return response
 
@@ -444,9 +519,24 @@ def _form_schema(task: Task) -> dict[str, Any]:
     }
     if task is Task.TRANSCRIBE:
         properties["language"] = string
+    properties |= _speaker_schema()
     schema = {"type": "object", "required": ["file"], "properties": properties}
     content = {"multipart/form-data": {"schema": schema}}
     return {"requestBody": {"required": True, "content": content}}
+
+
+def _speaker_schema() -> dict[str, Any]:
+    count = {"type": "integer", "minimum": 1, "maximum": MAX_SPEAKERS}
+    return {
+        "diarize": {
+            "type": "string",
+            "enum": [d.value for d in Diarize],
+            "description": "speakers: tell voices apart (diarized_json and rttm turn it on)",
+        },
+        "num_speakers": count,
+        "min_speakers": count,
+        "max_speakers": count,
+    }
 
 
 _ERROR = {"description": "OpenAI's error shape: {'error': {message, type, param, code}}"}

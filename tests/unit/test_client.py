@@ -332,6 +332,37 @@ def test_result_is_a_dict_for_json_formats_and_text_for_the_others() -> None:
     assert formats == ["json", "verbose_json", "srt"]
 
 
+def test_submit_sends_the_speaker_options_given() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, json=job_body("j1"))
+
+    with client_for(handler) as stt:
+        stt.submit(b"x", filename="call.wav", diarize="speakers", min_speakers=2, max_speakers=5)
+        stt.submit(b"x", filename="call.wav", diarize="speakers", num_speakers=3)
+    first, second = (form_fields(r) for r in seen)
+    assert (first["diarize"], first["min_speakers"], first["max_speakers"]) == (
+        "speakers",
+        "2",
+        "5",
+    )
+    assert "num_speakers" not in first
+    assert second["num_speakers"] == "3" and "min_speakers" not in second
+
+
+def test_speaker_formats_come_back_as_their_type() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params["format"] == "diarized_json":
+            return httpx.Response(200, json={"task": "transcribe", "segments": []})
+        return httpx.Response(200, text="SPEAKER j1 1 0.000 1.000 <NA> <NA> SPEAKER_00 <NA> <NA>\n")
+
+    with client_for(handler) as stt:
+        assert stt.result("j1", "diarized_json") == {"task": "transcribe", "segments": []}
+        assert str(stt.result("j1", "rttm")).startswith("SPEAKER j1 1 0.000")
+
+
 def test_a_failed_or_cancelled_job_says_why() -> None:
     failed = Job.from_dict(
         job_body("j1", "failed", error={"code": "bad_audio", "message": "not audio"})

@@ -56,9 +56,9 @@ def test_srt_is_read_by_ffmpeg_with_the_right_cues(tmp_path: Path) -> None:
     body, media_type = render(RESULT, ResultFormat.SRT)
     assert media_type.startswith("application/x-subrip")
     assert body.startswith("1\n00:00:00,000 --> 00:00:02,500\nHello there.\n")
-    assert "\n2\n01:02:03,250 --> 01:02:05,500\n[channel_1] Second line.\n" in body
+    assert "\n2\n01:02:03,250 --> 01:02:05,500\nchannel_1: Second line.\n" in body
     cues = _demux(body, "srt", tmp_path)
-    assert cues == [(0.0, 2.5, "Hello there."), (3723.25, 3725.5, "[channel_1] Second line.")]
+    assert cues == [(0.0, 2.5, "Hello there."), (3723.25, 3725.5, "channel_1: Second line.")]
 
 
 def test_vtt_is_read_by_ffmpeg_with_the_right_cues(tmp_path: Path) -> None:
@@ -78,7 +78,8 @@ def test_tsv_text_and_json() -> None:
         "3723250\t3725500\tchannel_1\tSecond line.",
     ]
     text, _ = render(RESULT, ResultFormat.TEXT)
-    assert text == "Hello there. Second line.\n"
+    # Channels are speakers too: one line per change of speaker, with its prefix.
+    assert text == "Hello there.\nchannel_1: Second line.\n"
     full, _ = render(RESULT, ResultFormat.JSON)
     assert TranscriptResult.model_validate_json(full) == RESULT
 

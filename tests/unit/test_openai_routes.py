@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
+import openai as openai_sdk
 import pytest
 from fastapi import FastAPI
+from openai.types.audio import TranscriptionDiarized
 
 from gateway.broker import BrokerUnavailable, QueueFull
 from gateway.config import GatewaySettings
@@ -19,12 +22,14 @@ from gateway.store import JobRecord
 from gateway.store.base import advance
 from stt_daemon.blobs import BlobStore
 from stt_daemon.protocol import (
+    Diarize,
     ErrorCode,
     ErrorInfo,
     EventType,
     JobEvent,
     JobMessage,
     Segment,
+    SpeakerTurn,
     Task,
     TranscriptResult,
     Word,
@@ -83,7 +88,9 @@ class FakeBroker:
 
 
 def succeed(job: JobMessage) -> JobEvent:
-    """A result as the daemon would send it (words only when asked)."""
+    """A result as the daemon would send it (words only when asked, speakers when asked)."""
+    if job.options.diarize is Diarize.SPEAKERS:
+        return JobEvent(event=EventType.SUCCEEDED, job_id=job.job_id, result=two_voices(job))
     words = [Word(start=0.0, end=0.5, word=" Hello", probability=0.9)]
     segment = Segment(
         id=0,
@@ -103,6 +110,38 @@ def succeed(job: JobMessage) -> JobEvent:
     return JobEvent(event=EventType.SUCCEEDED, job_id=job.job_id, result=result)
 
 
+def two_voices(job: JobMessage) -> TranscriptResult:
+    """What a daemon answers with diarize=speakers: two voices, the first coming back."""
+    lines = [
+        (0.0, " Hello.", "SPEAKER_00"),
+        (1.0, " Hi there.", "SPEAKER_01"),
+        (2.0, " Bye.", "SPEAKER_00"),
+    ]
+    segments = [
+        Segment(
+            id=i,
+            start=start,
+            end=start + 1,
+            text=text,
+            speaker=who,
+            words=[Word(start=start, end=start + 1, word=text, probability=0.9, speaker=who)]
+            if job.options.word_timestamps
+            else None,
+        )
+        for i, (start, text, who) in enumerate(lines)
+    ]
+    turns = [SpeakerTurn(start=s.start, end=s.end, speaker=s.speaker or "") for s in segments]
+    return TranscriptResult(
+        text="Hello. Hi there. Bye.",
+        language="en",
+        duration=3.0,
+        model=job.options.model,
+        task=job.options.task,
+        segments=segments,
+        speaker_turns=turns,
+    )
+
+
 def fail(code: ErrorCode) -> Callable[[JobMessage], JobEvent]:
     """An outcome: the job failed with this code."""
 
@@ -113,12 +152,8 @@ def fail(code: ErrorCode) -> Callable[[JobMessage], JobEvent]:
     return outcome
 
 
-@pytest.fixture
-async def gateway(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[tuple[httpx.AsyncClient, FakeBroker, Path]]:
+def build_app(tmp_path: Path) -> tuple[FastAPI, FakeBroker]:
     """An app with only the OpenAI router, a memory store and a fake broker."""
-    monkeypatch.chdir(tmp_path)  # no stray .env
     settings = GatewaySettings(data_dir=tmp_path, models=["tiny.en", "base"], sync_timeout=0.3)
     store = MemoryStore()
     broker = FakeBroker(store)
@@ -131,9 +166,34 @@ async def gateway(
         broker=broker,  # type: ignore[arg-type]
         fleet=Fleet(settings.names),  # hears no daemon: the configured models are accepted
     )
+    return app, broker
+
+
+@pytest.fixture
+async def gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[httpx.AsyncClient, FakeBroker, Path]]:
+    """The app, spoken to with httpx."""
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    app, broker = build_app(tmp_path)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
         yield client, broker, tmp_path / "blobs"
+
+
+@pytest.fixture
+async def sdk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[openai_sdk.AsyncOpenAI, FakeBroker]]:
+    """The app, spoken to with the official client (its own form encoding and parsing)."""
+    monkeypatch.chdir(tmp_path)
+    app, broker = build_app(tmp_path)
+    http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://gw")
+    client = openai_sdk.AsyncOpenAI(
+        api_key="unused", base_url="http://gw/v1", http_client=http, max_retries=0
+    )
+    async with client:
+        yield client, broker
 
 
 async def post(
@@ -288,3 +348,132 @@ def test_comma_separated_granularities() -> None:
     asked = openai.parse_form(form, Task.TRANSCRIBE, "tiny.en")
     assert asked.granularities == {openai.Granularity.WORD, openai.Granularity.SEGMENT}
     assert asked.fields["word_timestamps"] is True
+
+
+# --- speakers -------------------------------------------------------------------------
+
+
+async def test_diarized_json_through_the_official_client(sdk: Any) -> None:
+    client, broker = sdk
+    diarized = await client.audio.transcriptions.create(
+        model="gpt-4o-transcribe-diarize",
+        file=("call.wav", b"RIFF....WAVE"),
+        response_format="diarized_json",
+        chunking_strategy="auto",  # ignored: long recordings are split at pauses anyway
+        extra_body={"num_speakers": 2},
+    )
+    assert isinstance(diarized, TranscriptionDiarized)
+    assert [(s.speaker, s.text) for s in diarized.segments] == [
+        ("A", "Hello."),
+        ("B", "Hi there."),
+        ("A", "Bye."),
+    ]
+    assert diarized.task == "transcribe" and diarized.duration == 3.0
+    options = broker.published[0].options
+    assert options.diarize is Diarize.SPEAKERS and options.num_speakers == 2
+    assert options.model == "tiny.en"
+
+
+async def test_known_speaker_names_are_refused_by_name(sdk: Any) -> None:
+    client, broker = sdk
+    with pytest.raises(openai_sdk.BadRequestError) as refused:
+        await client.audio.transcriptions.create(
+            model="gpt-4o-transcribe-diarize",
+            file=("call.wav", b"RIFF....WAVE"),
+            response_format="diarized_json",
+            known_speaker_names=["agent", "customer"],
+            known_speaker_references=["data:audio/wav;base64,UklGRg==", "data:,"],
+        )
+    assert refused.value.param == "known_speaker_names"
+    assert "not supported" in refused.value.message
+    assert not broker.published
+
+
+@pytest.mark.parametrize("fmt", ["diarized_json", "rttm"])
+def test_speaker_formats_turn_diarization_on(fmt: str) -> None:
+    asked = openai.parse_form({"response_format": fmt}, Task.TRANSCRIBE, "tiny.en")
+    assert asked.fields["diarize"] == "speakers"
+    # Channels are speakers too: an explicit diarize=channels is kept.
+    form = {"response_format": fmt, "diarize": "channels"}
+    assert openai.parse_form(form, Task.TRANSCRIBE, "tiny.en").fields["diarize"] == "channels"
+    # The diarize model's name alone changes nothing: the format decides, as at OpenAI.
+    plain = {"response_format": "text", "model": "gpt-4o-transcribe-diarize"}
+    assert "diarize" not in openai.parse_form(plain, Task.TRANSCRIBE, "tiny.en").fields
+
+
+async def test_speakers_in_the_other_formats(gateway: Any) -> None:
+    client, broker, _ = gateway
+    text = await post(client, response_format="text", diarize="speakers")
+    assert text.text == "SPEAKER_00: Hello.\nSPEAKER_01: Hi there.\nSPEAKER_00: Bye.\n"
+    vtt = await post(client, response_format="vtt", diarize="speakers")
+    assert "<v SPEAKER_01>Hi there." in vtt.text
+    srt = await post(client, response_format="srt", diarize="speakers")
+    assert "SPEAKER_01: Hi there." in srt.text
+    fields = {"response_format": "verbose_json", "timestamp_granularities[]": "word,segment"}
+    verbose = (await post(client, diarize="speakers", min_speakers="1", **fields)).json()
+    assert [w["speaker"] for w in verbose["words"]] == ["SPEAKER_00", "SPEAKER_01", "SPEAKER_00"]
+    assert verbose["segments"][1]["speaker"] == "SPEAKER_01"
+    assert len(verbose["speaker_turns"]) == 3
+    rttm = await post(client, response_format="rttm")
+    job_id = rttm.headers["x-job-id"]
+    assert rttm.text.splitlines()[1] == (
+        f"SPEAKER {job_id} 1 1.000 1.000 <NA> <NA> SPEAKER_01 <NA> <NA>"
+    )
+    assert broker.published[-1].options.diarize is Diarize.SPEAKERS
+
+
+async def test_translations_take_speaker_options(gateway: Any) -> None:
+    client, broker, _ = gateway
+    response = await post(client, "translations", response_format="text", diarize="speakers")
+    assert response.status_code == 200 and response.text.startswith("SPEAKER_00: ")
+    assert broker.published[0].options.task is Task.TRANSLATE
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "reason"),
+    [
+        ({"diarize": "people"}, "diarize", "Input should be 'none', 'channels' or 'speakers'"),
+        ({"diarize": "speakers", "num_speakers": "abc"}, "num_speakers", "valid integer"),
+        ({"diarize": "speakers", "num_speakers": "0"}, "num_speakers", "greater than or equal"),
+        ({"diarize": "speakers", "max_speakers": "33"}, "max_speakers", "less than or equal"),
+        ({"num_speakers": "2"}, None, "num_speakers needs diarize=speakers"),
+        (
+            {"diarize": "speakers", "num_speakers": "2", "min_speakers": "1"},
+            None,
+            "give num_speakers, or min_speakers/max_speakers, not both",
+        ),
+        (
+            {"response_format": "diarized_json", "min_speakers": "3", "max_speakers": "2"},
+            None,
+            "min_speakers (3) is more than max_speakers (2)",
+        ),
+        (
+            {"response_format": "diarized_json", "diarize": "none"},
+            "diarize",
+            "response_format=diarized_json needs speakers",
+        ),
+        (
+            {"response_format": "diarized_json", "stream": "true"},
+            "response_format",
+            "must be json or text",
+        ),
+    ],
+)
+async def test_bad_speaker_options_are_openai_400s(
+    gateway: Any, fields: dict[str, str], param: str | None, reason: str
+) -> None:
+    client, broker, blobs = gateway
+    response = await post(client, **fields)
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert reason in error["message"] and "Traceback" not in error["message"]
+    assert not broker.published and not list(blobs.iterdir())
+
+
+async def test_diarized_json_is_for_transcriptions_only(gateway: Any) -> None:
+    client, broker, _ = gateway
+    response = await post(client, "translations", response_format="diarized_json")
+    assert response.status_code == 400
+    assert error_of(response)["param"] == "response_format"
+    assert not broker.published
