@@ -32,7 +32,7 @@ async def test_stereo_call_gets_one_speaker_per_channel(stack: Stack, tmp_path: 
     assert JFK_WORDS in normalise(first)
     assert "comfy" in normalise(second) and "country" not in normalise(second)
     assert min(s["start"] for s in segments if s["speaker"] == "channel_1") >= second_start - 0.5
-    assert "[channel_1]" in srt
+    assert "channel_1: " in srt
 
 
 async def test_without_diarize_a_stereo_file_is_mixed_down(stack: Stack, tmp_path: Path) -> None:
