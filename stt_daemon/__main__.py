@@ -13,9 +13,11 @@ import structlog
 
 from stt_daemon.config import DaemonSettings
 from stt_daemon.engine import Engine, WhisperEngine, threads_per_job
+from stt_daemon.heap import tune_heap
 from stt_daemon.logs import configure_logging
 from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.models import ModelNotFound, resolve
+from stt_daemon.niceness import in_niced_thread
 from stt_daemon.standin import standin_engines
 from stt_daemon.worker import Daemon
 
@@ -57,7 +59,10 @@ async def serve(settings: DaemonSettings) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
     metrics = DaemonMetrics()
     metrics.serve(settings.metrics_port, settings.metrics_host)
-    engines = await asyncio.to_thread(load_engines, settings)
+    # CTranslate2's worker threads are made while loading: niced there, they stay niced.
+    engines = await asyncio.to_thread(
+        in_niced_thread, settings.compute_nice, lambda: load_engines(settings)
+    )
     daemon = Daemon(settings, engines, metrics)
     loop = asyncio.get_running_loop()
     signals = {"count": 0}
@@ -81,6 +86,8 @@ def main() -> None:
     """Console script entry point."""
     settings = DaemonSettings()
     configure_logging(settings.log_level, settings.log_format)
+    # Before any thread (metrics server, model workers) makes a heap of its own.
+    tune_heap(settings.malloc_arenas, settings.malloc_mmap_threshold)
     try:
         run_forever(serve(settings))
     except ModelNotFound as exc:

@@ -156,6 +156,16 @@ class DaemonSettings(CommonSettings):
     shutdown_timeout: float = Field(default=60.0, ge=0)
     #: Base of the exponential backoff (with jitter) before a transient retry.
     retry_backoff: float = Field(default=1.0, ge=0)
+    #: glibc heaps (malloc arenas) the daemon may keep; 0 = glibc's default (eight per
+    #: core). Two keep the peak memory of jobs in flight down (see heap.py).
+    malloc_arenas: int = Field(default=2, ge=0, le=64)
+    #: Blocks of this many bytes or more are mapped on their own and returned to the
+    #: system when freed; 0 = glibc's sliding threshold (heap.py).
+    malloc_mmap_threshold: int = Field(default=4 * 1024 * 1024, ge=0, le=32 * 1024 * 1024)
+    #: Nice levels the transcription threads run below the event loop, so that the loop
+    #: answers live windows and settles deliveries on time on busy cores (niceness.py);
+    #: 0 = the same priority.
+    compute_nice: int = Field(default=10, ge=0, le=19)
     #: CTranslate2 threads per transcription; 0 = cores divided by prefetch.
     cpu_threads: int = Field(default=0, ge=0)
     device: str = "cpu"
