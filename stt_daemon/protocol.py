@@ -303,6 +303,34 @@ class ResultWarning(_Wire):
     language: str | None = None
 
 
+class VoicePrintsWire(_Wire):
+    """Speaker embeddings of one part of a split recording, for the merge (internal).
+
+    A part's daemon embeds its own speech; the merge clusters the windows of all
+    parts together, so one person keeps one label across parts. Never in a final
+    result: daemons strip it.
+    """
+
+    #: ``(start, end)`` of each window, seconds in the whole recording.
+    windows: list[tuple[float, float]]
+    #: Numbers per embedding.
+    dim: int = Field(ge=1, le=4096)
+    #: base64 of the embeddings as little-endian float16, one row per window
+    #: (``len(windows) x dim``): a minute of speech is about 40 KB.
+    embeddings: str
+
+    @model_validator(mode="after")
+    def _sizes_agree(self) -> VoicePrintsWire:
+        # base64 gives 4 characters for every 3 bytes, the last group padded.
+        expected = 4 * -(-(2 * self.dim * len(self.windows)) // 3)
+        if len(self.embeddings) != expected:
+            raise ValueError(
+                f"embeddings hold {len(self.embeddings)} base64 characters; "
+                f"{len(self.windows)} windows of {self.dim} float16 need {expected}"
+            )
+        return self
+
+
 class TranscriptResult(_Wire):
     """The full result of a job."""
 
@@ -317,6 +345,9 @@ class TranscriptResult(_Wire):
     warnings: list[ResultWarning] = []
     #: With ``diarize=speakers``: who spoke when, in time order (absent otherwise).
     speaker_turns: list[SpeakerTurn] | None = None
+    #: Internal, on part results of a split ``diarize=speakers`` job only: the part's
+    #: speaker embeddings for the merge. Daemons strip it from final results.
+    voiceprints: VoicePrintsWire | None = None
 
 
 class ErrorInfo(_Wire):
@@ -343,7 +374,9 @@ class JobEvent(_Wire):
     #: On ``job.progress``: the segments finished since the attempt's previous progress
     #: event (ids count from the recording's start), so that a transcript can be shown
     #: as it grows. Absent elsewhere, and for split recordings and ``diarize=channels``,
-    #: whose segments come with the final result only. The final ``result`` is the truth.
+    #: whose segments come with the final result only. With ``diarize=speakers`` they
+    #: have no speakers yet (those are found after the transcription, and may cut
+    #: segments). The final ``result`` is the truth.
     segments: list[Segment] | None = None
     result: TranscriptResult | None = None
     error: ErrorInfo | None = None
@@ -369,6 +402,9 @@ class DaemonAnnouncement(_Wire):
     models: list[str]
     #: The models among ``models`` that detect languages and translate.
     multilingual: list[str] = []
+    #: Whether it runs ``diarize=speakers`` jobs (its speaker model loaded); False
+    #: from daemons that predate the field.
+    speakers: bool = False
     prefetch: int
     in_flight: int = 0
     state: Literal["up", "down"] = "up"
