@@ -24,6 +24,7 @@ from stt_daemon.amqp import broker_user
 from stt_daemon.blobs import BlobStore, BlobWriter
 from stt_daemon.protocol import (
     CancelRequest,
+    Diarize,
     ErrorCode,
     ErrorInfo,
     EventType,
@@ -101,6 +102,7 @@ class Services:
             except EgressRefused as exc:
                 raise HTTPException(422, f"invalid job options: callback_url: {exc}") from None
         self._check_language_support(options)
+        self._check_speaker_support(options)
         return options
 
     def _check_language_support(self, options: JobOptions) -> None:
@@ -113,6 +115,20 @@ class Services:
                 400,
                 f"model {options.model!r} is English-only and cannot transcribe "
                 f"language={options.language}; use a multilingual model such as 'base'",
+            )
+
+    def _check_speaker_support(self, options: JobOptions) -> None:
+        """Refuse ``diarize=speakers`` early when every live daemon of the model would refuse it."""
+        if options.diarize is not Diarize.SPEAKERS:
+            return
+        daemons = self.fleet.served().get(options.model, [])
+        if daemons and not any(d.speakers for d in daemons):
+            raise HTTPException(
+                422,
+                f"invalid job options: diarize=speakers: no daemon serving model "
+                f"{options.model!r} can tell speakers apart (none has its speaker model "
+                "loaded); leave diarize out, or use diarize=channels when each speaker "
+                "has a channel of their own",
             )
 
     async def submit(

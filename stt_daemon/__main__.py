@@ -18,6 +18,7 @@ from stt_daemon.logs import configure_logging
 from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.models import ModelNotFound, resolve
 from stt_daemon.niceness import in_niced_thread
+from stt_daemon.speakers.step import DaemonEngines, load_speakers
 from stt_daemon.standin import standin_engines
 from stt_daemon.worker import Daemon
 
@@ -55,13 +56,19 @@ def load_engines(settings: DaemonSettings) -> dict[str, Engine]:
     return engines
 
 
+def load_models(settings: DaemonSettings) -> DaemonEngines:
+    """The Whisper models, then the speaker model (whose absence only refuses diarize=speakers)."""
+    return DaemonEngines(load_engines(settings), load_speakers(settings))
+
+
 async def serve(settings: DaemonSettings) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
     metrics = DaemonMetrics()
     metrics.serve(settings.metrics_port, settings.metrics_host)
-    # CTranslate2's worker threads are made while loading: niced there, they stay niced.
+    # CTranslate2's worker threads are made while loading: niced there, they stay niced
+    # (onnxruntime's too, for the speaker model).
     engines = await asyncio.to_thread(
-        in_niced_thread, settings.compute_nice, lambda: load_engines(settings)
+        in_niced_thread, settings.compute_nice, lambda: load_models(settings)
     )
     daemon = Daemon(settings, engines, metrics)
     loop = asyncio.get_running_loop()

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from stt_daemon.amqp import broker_user, redact, split_urls, uses_guest_remotely
 from stt_daemon.claims import ClaimSigner
 from stt_daemon.cores import usable_cores
+from stt_daemon.speakers.model import default_model_dir
 from stt_daemon.topology import Names, QueueLimits, check_model_name
 
 
@@ -200,6 +201,15 @@ class DaemonSettings(CommonSettings):
     split_seconds: float = Field(default=180.0, ge=0)
     #: The longest part of a split recording, seconds (cuts fall in its last third).
     part_seconds: float = Field(default=60.0, ge=10)
+    #: ``diarize=speakers`` on this daemon: the speaker-embedding model is loaded at
+    #: start (about 100 MB more memory); off, such jobs fail at once as unsupported.
+    diarization: bool = True
+    #: Where the speaker-embedding model lies (``campplus.onnx`` and its manifest, as
+    #: deploy/local/prepare-speaker-model writes them).
+    speaker_model_dir: Path = Field(default_factory=default_model_dir)
+    #: onnxruntime threads per speaker-embedding call (one job's voice prints at a time
+    #: each; Whisper's threads run beside them).
+    speaker_threads: int = Field(default=1, ge=1, le=64)
     #: ``standin`` sleeps instead of transcribing: for testing and benchmarks only.
     engine: Literal["whisper", "standin"] = "whisper"
     #: Stand-in engine: seconds of (idle) wall time per second of audio.

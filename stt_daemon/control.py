@@ -32,6 +32,7 @@ from stt_daemon.protocol import (
     DaemonAnnouncement,
     DecodeError,
 )
+from stt_daemon.speakers.step import SpeakerStep, speakers_of
 
 log = structlog.get_logger("stt_daemon.control")
 
@@ -130,10 +131,13 @@ class ControlPlane:
         engines: Mapping[str, Engine],
         in_flight: Callable[[], int],
         cancellations: Cancellations,
+        speakers: SpeakerStep | None = None,
     ) -> None:
         self._settings = settings
         self._models = list(engines)
         self._multilingual = [name for name, engine in engines.items() if engine.multilingual]
+        # Gateways refuse diarize=speakers up front when no daemon of the model can.
+        self._speakers = (speakers or speakers_of(engines)).available
         self._in_flight = in_flight
         self.cancellations = cancellations
         self._exchange: AbstractExchange | None = None
@@ -206,6 +210,7 @@ class ControlPlane:
             worker=self._settings.worker_name,
             models=self._models,
             multilingual=self._multilingual,
+            speakers=self._speakers,
             prefetch=self._settings.prefetch,
             in_flight=self._in_flight(),
             state="down" if state == "down" else "up",

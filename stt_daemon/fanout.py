@@ -29,7 +29,7 @@ import io
 import os
 import secrets
 import wave
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aio_pika
@@ -51,6 +51,7 @@ from stt_daemon.protocol import (
     PartInfo,
     Segment,
     TranscriptResult,
+    VoicePrintsWire,
     Word,
 )
 from stt_daemon.provenance import copy_headers
@@ -79,6 +80,9 @@ class PartOutcome:
     """What a finished part leads to: the merged transcript, or progress so far."""
 
     merged: TranscriptResult | None = None
+    #: With the merged transcript: the voice prints of every part that has them, for
+    #: labelling the whole recording at once (``diarize=speakers``).
+    voiceprints: list[VoicePrintsWire] = field(default_factory=list)
     progress: float | None = None
     #: The recording was settled by another part already: report nothing.
     settled: bool = False
@@ -311,7 +315,10 @@ class FanOut:
             TranscriptResult.model_validate_json(self._result_path(stem, i).read_bytes())
             for i in range(len(manifest.parts))
         ]
-        return PartOutcome(merged=merge(manifest, results))
+        # The merge drops the parts' voice prints (and never has speakers): the caller
+        # labels the merged transcript from all of them.
+        prints = [r.voiceprints for r in results if r.voiceprints is not None]
+        return PartOutcome(merged=merge(manifest, results), voiceprints=prints)
 
     def settle(self, job_id: str) -> None:
         """Forget a recording whose final event is out: parts still queued will skip."""

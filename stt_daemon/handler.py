@@ -58,6 +58,7 @@ from stt_daemon.settling import (
     delivery_lost,
     ignore_progress,
 )
+from stt_daemon.speakers.step import Speakers, SpeakerStep, speakers_of, transcription_options
 
 log = structlog.get_logger("stt_daemon.handler")
 
@@ -107,6 +108,7 @@ class JobHandler:
         quarantine: Quarantine | None = None,
         fanout: FanOut | None = None,
         handback: Handback | None = None,
+        speakers: SpeakerStep | None = None,
     ) -> None:
         self._settings = settings
         self._signer = settings.claim_signer
@@ -139,7 +141,8 @@ class JobHandler:
             "split": 0,
             "parts": 0,
         }
-        self._parts = PartRunner(fanout, self._settle, self.metrics, self.counts)
+        self._speakers = Speakers(speakers or speakers_of(engines), self.metrics)
+        self._parts = PartRunner(fanout, self._settle, self.metrics, self.counts, self._speakers)
 
     def stop(self, grace: float) -> None:
         """The daemon is stopping: jobs that need more than ``grace`` seconds go back now."""
@@ -297,6 +300,7 @@ class JobHandler:
             resumed_from_s=round(resume.start, 3) if resume is not None else None,
         )
         self._engine(job.message.options)  # an unknown model fails before any decoding
+        self._speakers.check(job.message.options)  # as soon, when it cannot diarize
         audio = await self._decode(job, timings)
         try:
             await self._run_decoded(message, job, attempt, timings, cancelled, tracker, audio)
@@ -319,6 +323,7 @@ class JobHandler:
             return
         result = await self._transcribe(job, engine, audio, attempt, timings, cancelled, tracker)
         result = await asyncio.to_thread(coverage.annotate, audio, result, engine, self._engines)
+        result = await self._speakers.after_transcription(job, audio, result, cancelled, timings)
         if part is not None:
             await self._parts.done(message, job, attempt, timings, result)
             return
@@ -353,7 +358,7 @@ class JobHandler:
         cancelled: threading.Event,
         tracker: Tracker,
     ) -> TranscriptResult:
-        options = job.message.options
+        options = transcription_options(job.message.options)
         audio_s = timings.marks["audio_s"]
         if (too_long := self._admission.refusal(options.model, audio_s)) is not None:
             raise PermanentError(ErrorCode.AUDIO_TOO_LONG, too_long)

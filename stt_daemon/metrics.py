@@ -22,7 +22,14 @@ from typing import Any, Literal
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    make_wsgi_app,
+)
 
 log = structlog.get_logger("stt_daemon.metrics")
 
@@ -35,6 +42,9 @@ Outcome = Literal[
 #: Seconds of transcription: tiny.en does 11 s of speech in under a second,
 #: a large model on a CPU can take many minutes over an hour of audio.
 TRANSCRIBE_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+#: Seconds of the speaker step: voice prints of a short clip take a tenth of a second,
+#: an hour of speech minutes; labelling a whole recording about a second.
+DIARIZATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 #: A live step takes a fraction of a second to a few: finer buckets.
 LIVE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 #: Processing seconds per audio second: 0.05 is a fast GPU, above 1 falls behind real time.
@@ -136,6 +146,10 @@ class DaemonMetrics:
             ["model"],
             registry=self.registry,
         )
+        self._diarization_metrics()
+        # process_resident_memory_bytes and friends: the speaker model's memory (and
+        # every model's) shows there; this registry is not the global one that has them.
+        ProcessCollector(registry=self.registry)
 
         self.live_windows = Counter(
             "stt_daemon_live_windows",
@@ -149,6 +163,46 @@ class DaemonMetrics:
             buckets=LIVE_BUCKETS,
             registry=self.registry,
         )
+
+    def _diarization_metrics(self) -> None:
+        self.diarization_seconds = Histogram(
+            "stt_daemon_diarization_seconds",
+            "Seconds of the diarize=speakers step: step=voiceprints (a recording's or a "
+            "part's speaker embeddings), step=label (clustering a whole recording).",
+            ["step"],
+            buckets=DIARIZATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.diarization_jobs = Counter(
+            "stt_daemon_diarization_jobs",
+            "diarize=speakers recordings, by outcome: diarized (labelled), refused "
+            "(diarization off, or no usable speaker model on this daemon).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.diarization_available = Gauge(
+            "stt_daemon_diarization_available",
+            "1 when this daemon runs diarize=speakers jobs, 0 when it refuses them.",
+            registry=self.registry,
+        )
+        self.diarization_model_bytes = Gauge(
+            "stt_daemon_diarization_model_bytes",
+            "Resident memory the speaker model added when it was loaded (0: not loaded).",
+            registry=self.registry,
+        )
+
+    def diarization_ready(self, available: bool, model_bytes: int | None) -> None:
+        """Whether this daemon diarizes, and what loading its speaker model cost."""
+        self.diarization_available.set(1 if available else 0)
+        self.diarization_model_bytes.set(model_bytes or 0)
+
+    def diarization_step(self, step: Literal["voiceprints", "label"], seconds: float) -> None:
+        """Time one run of the speaker step."""
+        self.diarization_seconds.labels(step).observe(seconds)
+
+    def diarization_job(self, outcome: Literal["diarized", "refused"]) -> None:
+        """Count one diarize=speakers recording: labelled, or refused here."""
+        self.diarization_jobs.labels(outcome).inc()
 
     def live_window(self, outcome: str, seconds: float | None = None) -> None:
         """Count one live window (``answered`` with its time, or ``expired``)."""

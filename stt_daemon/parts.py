@@ -18,6 +18,7 @@ from stt_daemon.fanout import CannotSplit, FanOut
 from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.protocol import ErrorCode, EventType, InboundJob, TranscriptResult
 from stt_daemon.settling import PermanentError, Settler, Timings
+from stt_daemon.speakers.step import Speakers
 
 log = structlog.get_logger("stt_daemon.handler")
 
@@ -31,8 +32,10 @@ class PartRunner:
         settle: Settler,
         metrics: DaemonMetrics,
         counts: dict[str, int],
+        speakers: Speakers,
     ) -> None:
         self._fanout = fanout
+        self._speakers = speakers
         self._settle = settle
         self._metrics = metrics
         self._counts = counts
@@ -86,7 +89,9 @@ class PartRunner:
             raise PermanentError(ErrorCode.UNSUPPORTED, "this daemon cannot merge parts")
         outcome = await asyncio.to_thread(self._fanout.record, job, result)
         if outcome.merged is not None:
-            final = self._settle.event(job, EventType.SUCCEEDED, attempt, result=outcome.merged)
+            # Labelled here, once, from every part's voice prints (diarize=speakers).
+            whole = await self._speakers.after_merge(job, outcome.merged, outcome.voiceprints)
+            final = self._settle.event(job, EventType.SUCCEEDED, attempt, result=whole)
             await self._settle.finish(message, job, final, ack=True)
             await asyncio.to_thread(self._fanout.settle, job.job_id)
             self._counts["succeeded"] += 1
