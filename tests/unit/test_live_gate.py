@@ -46,3 +46,36 @@ def test_endless_live_work_never_stops_batch_for_longer_than_the_bound() -> None
 def test_paced_items_come_through_in_order() -> None:
     gate = LiveGate(linger=0.01)
     assert list(gate.paced(iter([1, 2, 3]))) == [1, 2, 3]
+
+
+def test_held_jobs_go_on_one_overdue_window_at_a_time() -> None:
+    # Three batch jobs held by endless live work: when their holds run out, one runs a
+    # window while the others keep waiting, so live work always finds a free worker.
+    gate = LiveGate(linger=10, max_hold=0.3)
+    running: list[int] = []
+    most = [0]
+    lock = threading.Lock()
+
+    def window() -> int:
+        with lock:
+            running.append(1)
+            most[0] = max(most[0], len(running))
+        time.sleep(0.15)
+        with lock:
+            running.pop()
+        return 1
+
+    def batch_job() -> None:
+        for _ in gate.paced(window() for _ in range(2)):
+            pass
+
+    with gate.live():
+        started = time.monotonic()
+        jobs = [threading.Thread(target=batch_job) for _ in range(3)]
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join(timeout=30)
+    assert all(not job.is_alive() for job in jobs)
+    assert most[0] == 1  # before: all three at once
+    assert time.monotonic() - started < 10
