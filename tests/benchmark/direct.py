@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -29,8 +30,12 @@ def main() -> None:
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--compute-type", default="int8")
+    parser.add_argument("--nice", type=int, default=0, help="run this many nice levels down")
     parser.add_argument("clips", nargs="+", type=Path)
     args = parser.parse_args()
+    # The daemon's transcription threads run niced (STT_COMPUTE_NICE): at equal priority
+    # the comparison stays fair when other work shares the machine.
+    os.nice(args.nice)
     started = time.monotonic()
     model = WhisperModel(
         str(resolve(args.model).path), device="cpu", compute_type=args.compute_type

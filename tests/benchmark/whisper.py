@@ -24,6 +24,7 @@ from common import (
 )
 
 from stack import JFK, REPO, Gateway, Proc, Stack
+from stt_daemon.config import DaemonSettings
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,8 +56,9 @@ async def whisper_stack(ctx: Context) -> tuple[Stack, Gateway, Proc]:
 
 def direct_baseline(clips: list[Path]) -> dict[str, Any]:
     """Run direct.py in its own process: sequential faster-whisper on the same clips."""
+    nice = DaemonSettings.model_fields["compute_nice"].default
     out = subprocess.run(
-        [sys.executable, str(HERE / "direct.py"), *map(str, clips)],
+        [sys.executable, str(HERE / "direct.py"), f"--nice={nice}", *map(str, clips)],
         capture_output=True,
         text=True,
         check=True,
