@@ -10,14 +10,20 @@ clusters that sound like one voice merge, clusters that are no voice (a window o
 two, or outliers put together) join the voice they are most like, and every window
 moves to the cluster whose windows it is most like.
 
-One voice alone is decided by the merge step, not by the eigengap: a plain eigengap
-split an 11 s single-speaker clip into three. The eigengap is only asked "how many,
-given more than one"; ``SAME_SPEAKER_COSINE`` says whether the split was real.
+Windows that overlap share audio, and are alike for that alone: given the windows'
+times, such pairs are never neighbours. Without that, each window's nearest
+neighbours were the windows beside it, a chain in time that the eigengap cut: it
+split an 11 s single-speaker clip into three. With it, the eigengap counts from
+one: on real speech the second eigenvalue of one voice (JFK, 0.35-0.6) stood far
+above that of two voices on one phone line (0.07-0.14), where the merge step
+could not tell them apart (halves of one voice 0.82-0.86 alike, two people
+0.74-0.82). The merge step stays for one voice heard in two conditions.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -27,13 +33,16 @@ from stt_daemon.protocol import MAX_SPEAKERS
 Embeddings = npt.NDArray[np.floating]
 Labels = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
+Bools = npt.NDArray[np.bool_]
 
 #: Two clusters at least this alike (``_voice_similarity``: their centroids' cosine,
 #: corrected for small clusters) are one voice. 3D-Speaker merges CAM++ clusters at
-#: 0.8; halves of one voice come out near 1, two voices at 0.0-0.5.
-SAME_SPEAKER_COSINE = 0.8
+#: 0.8, but two people on one phone line (pyannote's sample) came out 0.74-0.82
+#: alike and halves of one talk 0.82-0.86: the eigengap tells those apart (see
+#: above); this merges only what is clearly one voice.
+SAME_SPEAKER_COSINE = 0.9
 #: A cluster of fewer windows is an outlier (a cough, a laugh, two voices at once)
-#: and joins its nearest speaker: two windows are 2.25 s of speech at 1.5 s/0.75 s.
+#: and joins its nearest speaker: two windows are 2 s of speech at 1.5 s/0.5 s.
 MIN_CLUSTER_WINDOWS = 3
 #: A cluster whose windows are on average less alike than this is no voice but
 #: outliers put together (windows of one CAM++ voice: about 0.5-0.8).
@@ -61,15 +70,23 @@ def cluster_speakers(
     min_speakers: int | None = None,
     max_speakers: int | None = None,
     same_speaker_cosine: float = SAME_SPEAKER_COSINE,
+    windows: Sequence[tuple[float, float]] | None = None,
 ) -> Labels:
-    """One speaker label (0, 1, ... in order of first appearance) per embedding row."""
+    """One speaker label (0, 1, ... in order of first appearance) per embedding row.
+
+    ``windows``, the ``(start, end)`` of each row's audio, keeps windows that share
+    audio from counting as neighbours: they are alike for the sound they share.
+    """
     x = _unit_rows(embeddings)
     n = len(x)
+    if windows is not None and len(windows) != n:
+        raise ValueError(f"{n} embeddings but {len(windows)} windows")
     low, high = _bounds(n, num_speakers, min_speakers, max_speakers)
     if n == 0 or high <= 1:
         return np.zeros(n, dtype=np.int64)
     sample = np.unique(np.linspace(0, n - 1, min(n, MAX_CLUSTERED_WINDOWS)).round().astype(int))
-    labels = _cluster(x[sample], low, high, same_speaker_cosine)
+    spans = None if windows is None else np.asarray(windows, dtype=np.float64)[sample]
+    labels = _cluster(x[sample], low, high, same_speaker_cosine, _apart(len(sample), spans))
     if len(sample) < n:
         # The windows left out join the speaker whose windows they are most like.
         nearest = np.argmax(_mean_cosines(x, *_sums(x[sample], labels)), axis=1)
@@ -104,16 +121,28 @@ def _bounds(
     return max(1, min(low, high)), high
 
 
-def _cluster(x: Floats, low: int, high: int, same_speaker_cosine: float) -> Labels:
+def _apart(m: int, spans: Floats | None) -> Bools:
+    """Which pairs of windows may be compared: two windows, not sharing any audio."""
+    if spans is None:
+        apart = np.ones((m, m), dtype=bool)
+    else:
+        starts, ends = spans[:, 0], spans[:, 1]
+        apart = (starts[:, None] >= ends[None, :]) | (starts[None, :] >= ends[:, None])
+    np.fill_diagonal(apart, False)
+    return apart
+
+
+def _cluster(x: Floats, low: int, high: int, same_speaker_cosine: float, apart: Bools) -> Labels:
     """Spectral clustering, then the tidy steps (which never go below ``low``)."""
     m = len(x)
     if low >= m:
         # As many speakers asked for as there are windows: each window is one.
         return np.arange(m, dtype=np.int64)
-    eigenvalues, eigenvectors = np.linalg.eigh(_laplacian(_pruned_affinity(x)))
-    # "One speaker" is for the merge step to say: the eigengap chooses among two or more.
-    k = _eigengap(eigenvalues, max(low, 2), min(high, m - 1))
-    if k >= m:
+    eigenvalues, eigenvectors = np.linalg.eigh(_laplacian(_pruned_affinity(x, apart)))
+    k = _count(eigenvalues, low, min(high, m - 1))
+    if k == 1:
+        labels = np.zeros(m, dtype=np.int64)
+    elif k >= m:
         labels = np.arange(m, dtype=np.int64)
     else:
         labels = _kmeans(_spectral_rows(eigenvectors[:, :k]), k)
@@ -124,11 +153,10 @@ def _cluster(x: Floats, low: int, high: int, same_speaker_cosine: float) -> Labe
     return _refine(x, _absorb_small(x, labels, low))
 
 
-def _pruned_affinity(x: Floats) -> Floats:
+def _pruned_affinity(x: Floats, apart: Bools) -> Floats:
     """Cosine affinities, each row cut to its strongest neighbours, symmetrised."""
     m = len(x)
-    similarity = np.clip(x @ x.T, 0.0, None)
-    np.fill_diagonal(similarity, 0.0)
+    similarity = np.where(apart, np.clip(x @ x.T, 0.0, None), 0.0)
     keep = min(m - 1, max(MIN_NEIGHBOURS, math.ceil(NEIGHBOUR_FRACTION * m)))
     weakest = np.argpartition(similarity, m - keep, axis=1)[:, : m - keep]
     np.put_along_axis(similarity, weakest, 0.0, axis=1)
@@ -141,6 +169,20 @@ def _laplacian(affinity: Floats) -> Floats:
     scale = 1.0 / np.sqrt(np.maximum(affinity.sum(axis=1), 1e-12))
     laplacian: Floats = np.eye(len(affinity)) - scale[:, None] * affinity * scale[None, :]
     return laplacian
+
+
+def _count(eigenvalues: Floats, low: int, high: int) -> int:
+    """How many speakers: the eigengap's own answer, brought within ``[low, high]``.
+
+    Asked only within the bounds, the eigengap is lost when the voices are more than
+    ``high``: three clear voices have three eigenvalues near zero, and no gap among
+    the first two. More voices than allowed gives ``high``; fewer, the widest gap
+    from ``low`` up.
+    """
+    free = _eigengap(eigenvalues, 1, min(len(eigenvalues) - 1, MAX_SPEAKERS))
+    if free > high:
+        return high
+    return free if free >= low else _eigengap(eigenvalues, low, high)
 
 
 def _eigengap(eigenvalues: Floats, low: int, high: int) -> int:

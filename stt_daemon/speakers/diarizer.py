@@ -1,18 +1,26 @@
 """One call from a transcript and its audio to speakers: voice prints, then labels.
 
 A daemon that transcribed a recording (or one part of a split one) calls
-:meth:`Diarizer.voiceprints`: windows over the speech its words cover, each embedded
-by CAM++. Whoever holds every part's prints calls :meth:`Diarizer.label` once: all
-windows are clustered together, so a person keeps one label across parts, and the
-turns give each word and segment its speaker.
+:meth:`Diarizer.voiceprints`: windows over the speech Silero VAD finds, each
+embedded by CAM++. Whoever holds every part's prints calls :meth:`Diarizer.label`
+once: all windows are clustered together, so a person keeps one label across parts;
+then every instant goes to the speaker its windows sound most like, and each word
+to the speaker of the time it covers.
 
-Where the speech is comes from Whisper's words, merged across short pauses: the
-same stretches the transcript has words for, at no cost beyond the transcription.
+Measured on real voices (the benchmark's ``diarization`` section): windows over
+the VAD's stretches found three voices taking turns as three at every window
+offset tried, where stretches made of Whisper's words (which run on across the
+pauses between speakers) found four at two offsets of five; the VAD costs about
+0.07 s per 30 s of audio. Windows of 1.5 s every 0.5 s: a 0.75 s step left the
+two-speaker sample's quick exchanges at 0.93 word accuracy; shorter windows sound
+less like their speaker (1.0 s: 0.86).
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -23,20 +31,27 @@ from stt_daemon.audio import SAMPLE_RATE, Samples
 from stt_daemon.protocol import JobOptions, Segment, SpeakerTurn, VoicePrintsWire
 from stt_daemon.speakers.cluster import cluster_speakers
 from stt_daemon.speakers.embedder import SpeakerEmbedder, plan_windows
-from stt_daemon.speakers.turns import assign_speakers, windows_to_turns
+from stt_daemon.speakers.turns import assign_speakers, speaker_name
+from stt_daemon.vad import speech_timestamps
 
-#: Words less than this apart are one stretch of speech: Whisper's word times leave
-#: small gaps between words of one breath.
-WORD_GAP = 0.5
 #: Window length and hop over each stretch of speech, seconds.
 WINDOW = 1.5
-STEP = 0.75
+STEP = 0.5
+#: Silero VAD for the stretches: pauses from 300 ms split them (a change of speaker
+#: often has no longer pause), padded 50 ms so word edges stay in.
+VAD_MIN_SILENCE_MS = 300
+VAD_PAD_MS = 50
 #: The most audio read at once: the windows embedded together lie within this
 #: many seconds, so memory does not follow the recording's length.
 MAX_READ_S = 30.0
 #: Window times on the wire, rounded to milliseconds (a 10 ms frame is the finest
 #: thing the model hears).
 TIME_DECIMALS = 3
+#: Turns are decided on this grid, seconds.
+FRAME = 0.02
+#: A window's say at an instant falls linearly from its centre to this share at its
+#: edges: its centre is what it heard best, its edges may be another voice's.
+EDGE_WEIGHT = 0.05
 
 Embeddings = npt.NDArray[np.float32]
 
@@ -67,31 +82,17 @@ class VoicePrints:
         return cls(list(wire.windows), rows.reshape(len(wire.windows), wire.dim))
 
 
-def speech_from_words(
-    segments: Sequence[Segment], gap: float = WORD_GAP
-) -> list[tuple[float, float]]:
-    """Stretches of speech: the words' times, merged where less than ``gap`` apart.
+def speech_stretches(audio: Samples) -> list[tuple[float, float]]:
+    """Where someone speaks in ``audio``, seconds (Silero VAD, read 30 s at a time)."""
+    # Imported here: the gateway and the tools import this package without the model stack.
+    from faster_whisper.vad import VadOptions
 
-    A segment without word times counts as speech from its start to its end.
-    """
-    spans = sorted(
-        span
-        for segment in segments
-        for span in (
-            [(w.start, w.end) for w in segment.words]
-            if segment.words
-            else [(segment.start, segment.end)]
-        )
-    )
-    stretches: list[tuple[float, float]] = []
-    for start, end in spans:
-        if end <= start:
-            continue
-        if stretches and start - stretches[-1][1] < gap:
-            stretches[-1] = (stretches[-1][0], max(stretches[-1][1], end))
-        else:
-            stretches.append((start, end))
-    return stretches
+    options = VadOptions(min_silence_duration_ms=VAD_MIN_SILENCE_MS, speech_pad_ms=VAD_PAD_MS)
+    length = audio.samples / SAMPLE_RATE
+    return [
+        (start / SAMPLE_RATE, min(end / SAMPLE_RATE, length))
+        for start, end in speech_timestamps(audio, options)
+    ]
 
 
 class Diarizer:
@@ -103,14 +104,13 @@ class Diarizer:
     def voiceprints(
         self, audio: Samples, segments: Sequence[Segment], offset: float = 0.0
     ) -> VoicePrints:
-        """Embeddings of windows over the speech of ``segments`` (times relative to ``audio``).
+        """Embeddings of windows over the speech in ``audio`` (blocking: runs on the CPU).
 
         ``offset`` (where ``audio`` starts in the whole recording) is added to the
-        windows. The audio is read a few windows at a time, never whole.
+        windows. The audio is read a few windows at a time, never whole. Without
+        ``segments`` there is nothing to label, and nothing is embedded.
         """
-        length = audio.samples / SAMPLE_RATE
-        stretches = [(max(0.0, a), min(length, b)) for a, b in speech_from_words(segments)]
-        windows = plan_windows([(a, b) for a, b in stretches if b > a], WINDOW, STEP)
+        windows = plan_windows(speech_stretches(audio), WINDOW, STEP) if segments else []
         embeddings = np.empty((len(windows), self.embedder.dim), dtype=np.float32)
         for first, last in _reads(windows, MAX_READ_S):
             embeddings[first:last] = self._embed(audio, windows[first:last])
@@ -136,8 +136,74 @@ class Diarizer:
             num_speakers=options.num_speakers,
             min_speakers=options.min_speakers,
             max_speakers=options.max_speakers,
+            windows=windows,
         )
-        return assign_speakers(segments, windows_to_turns(windows, labels))
+        return assign_speakers(segments, speaker_turns(windows, embeddings, labels))
+
+
+def speaker_turns(
+    windows: Sequence[tuple[float, float]], embeddings: Embeddings, labels: npt.NDArray[np.integer]
+) -> list[SpeakerTurn]:
+    """Who speaks when: each instant to the speaker its windows sound most like.
+
+    Every window says how like each speaker it sounds (cosine with the speaker's
+    mean embedding), loudest at its centre. Where windows of two speakers overlap,
+    the boundary falls where their say balances, not halfway between their
+    centres: a window that sounds only a little like its speaker (it heard the
+    other one too) gives way early. ``windows`` are in time order; pauses between
+    them stay gaps.
+    """
+    if not len(windows):
+        return []
+    likeness = embeddings.astype(np.float64) @ _centroids(embeddings, labels).T
+    turns: list[SpeakerTurn] = []
+    for first, last in _regions(windows):
+        turns += _region_turns(windows[first:last], likeness[first:last])
+    return turns
+
+
+def _centroids(embeddings: Embeddings, labels: npt.NDArray[np.integer]) -> npt.NDArray[np.float64]:
+    """Each speaker's mean embedding, unit length."""
+    sums = np.zeros((int(labels.max()) + 1, embeddings.shape[1]))
+    np.add.at(sums, labels, embeddings)
+    norms: npt.NDArray[np.float64] = np.linalg.norm(sums, axis=1, keepdims=True)
+    return sums / np.maximum(norms, 1e-12)
+
+
+def _regions(windows: Sequence[tuple[float, float]]) -> Iterator[tuple[int, int]]:
+    """Runs ``[first, last)`` of windows that overlap or touch: unbroken speech."""
+    first, reach = 0, windows[0][1]
+    for index in range(1, len(windows)):
+        if windows[index][0] > reach:
+            yield first, index
+            first = index
+        reach = max(reach, windows[index][1])
+    yield first, len(windows)
+
+
+def _region_turns(
+    windows: Sequence[tuple[float, float]], likeness: npt.NDArray[np.float64]
+) -> list[SpeakerTurn]:
+    """One region's turns, decided a frame at a time."""
+    start, stop = windows[0][0], max(end for _, end in windows)
+    frames = max(1, math.ceil((stop - start) / FRAME - 1e-9))
+    centres = start + (np.arange(frames) + 0.5) * FRAME
+    say = np.zeros((frames, likeness.shape[1]))
+    for (a, b), like in zip(windows, likeness, strict=True):
+        lo, hi = np.searchsorted(centres, [a, b])
+        nearness = 1.0 - np.abs(centres[lo:hi] - (a + b) / 2) / ((b - a) / 2)
+        say[lo:hi] += np.maximum(nearness, EDGE_WEIGHT)[:, None] * like
+    best = np.argmax(say, axis=1)
+    changes = np.flatnonzero(np.diff(best)) + 1
+    bounds = [0, *changes.tolist(), frames]
+    return [
+        SpeakerTurn(
+            start=round(start + i * FRAME, TIME_DECIMALS),
+            end=round(min(start + j * FRAME, stop), TIME_DECIMALS),
+            speaker=speaker_name(int(best[i])),
+        )
+        for i, j in itertools.pairwise(bounds)
+    ]
 
 
 def _reads(windows: Sequence[tuple[float, float]], longest: float) -> Iterator[tuple[int, int]]:

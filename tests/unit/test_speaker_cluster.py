@@ -106,15 +106,21 @@ def test_one_voice_with_outlier_windows_is_one_speaker(seed: int) -> None:
     assert cluster_speakers(x).tolist() == [0] * 66
 
 
-def two_conditions(rng: np.random.Generator, count: int) -> Rows:
-    """One person on a phone, then in a room: two sub-directions with cosine ~0.85."""
+def two_conditions(rng: np.random.Generator, count: int, alike: float = 0.93) -> Rows:
+    """One person on a phone, then in a room: two sub-directions with cosine ``alike``.
+
+    0.93, not the 0.85 this test began with: on real speech two different people
+    on one phone line measured 0.74-0.82 (``_voice_similarity``, CAM++ windows of
+    pyannote's sample) and halves of one talk 0.82-0.86, so halves 0.85 alike
+    are as far apart as two people, and stay two (see the test below).
+    """
     centre = _unit(rng.standard_normal(DIMENSIONS))
     halves = []
     for _ in range(2):
         side = rng.standard_normal(DIMENSIONS)
         side = _unit(side - (side @ centre) * centre)
         halves.append(
-            _around(rng, np.sqrt(0.85) * centre + np.sqrt(0.15) * side, count, (0.6, 0.8))
+            _around(rng, np.sqrt(alike) * centre + np.sqrt(1 - alike) * side, count, (0.6, 0.8))
         )
     return np.concatenate(halves)
 
@@ -124,6 +130,11 @@ def test_one_voice_in_two_conditions_is_one_speaker_and_the_threshold_decides() 
     assert speakers(cluster_speakers(x)) == 1
     # The same windows with a stricter threshold: the two conditions come apart.
     assert speakers(cluster_speakers(x, same_speaker_cosine=0.95)) == 2
+
+
+def test_conditions_as_far_apart_as_two_people_are_two_speakers() -> None:
+    x = two_conditions(np.random.default_rng(7), 40, alike=0.85)
+    assert speakers(cluster_speakers(x)) == 2
 
 
 # Several voices
@@ -307,3 +318,55 @@ def test_beyond_the_cap_a_subsample_is_clustered_and_the_rest_follow(
     firsts = [labels.tolist().index(label) for label in range(3)]
     assert firsts == sorted(firsts)
     assert accuracy(labels, truth) >= 0.95
+
+
+# Windows that share audio
+
+
+def overlapping_windows(
+    pieces: Rows, per_window: int = 3
+) -> tuple[Rows, list[tuple[float, float]]]:
+    """Windows of ``per_window`` consecutive 0.5 s pieces, one piece apart (1.5 s every 0.5 s).
+
+    A window's embedding is that of its pieces together: windows that overlap share
+    pieces, and are more alike than the voice alone would make them.
+    """
+    count = len(pieces) - per_window + 1
+    x = np.array([_unit(pieces[i : i + per_window].sum(axis=0)) for i in range(count)])
+    return x, [(0.5 * i, 0.5 * (i + per_window)) for i in range(count)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("count", [20, 40, 120])
+def test_windows_that_share_audio_are_not_taken_for_neighbours(seed: int, count: int) -> None:
+    pieces, _ = voices([count + 2], seed=seed, within=(0.3, 0.5))
+    x, windows = overlapping_windows(pieces)
+    assert speakers(cluster_speakers(x, windows=windows)) == 1
+
+
+def test_without_the_windows_shared_audio_can_split_one_voice() -> None:
+    # Why the windows are passed: each window's nearest neighbours are the windows
+    # it shares audio with, a chain the eigengap cuts (here into four).
+    pieces, _ = voices([22], seed=1, within=(0.3, 0.5))
+    x, windows = overlapping_windows(pieces)
+    assert speakers(cluster_speakers(x)) > 1
+    assert speakers(cluster_speakers(x, windows=windows)) == 1
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_voices_taking_turns_in_overlapping_windows(seed: int) -> None:
+    a, _ = voices([120], seed=seed, within=(0.3, 0.5))
+    b, _ = voices([120], seed=seed + 50, within=(0.3, 0.5))
+    # Turns of 4 s (8 pieces): windows across a change hear both voices.
+    turns = [(a, b)[(i // 8) % 2][i] for i in range(120)]
+    x, windows = overlapping_windows(np.array(turns))
+    truth = np.array([(i // 8) % 2 if (i // 8) == ((i + 2) // 8) else OUTLIER for i in range(118)])
+    labels = cluster_speakers(x, windows=windows)
+    assert speakers(labels) == 2
+    assert accuracy(labels, truth) >= 0.95
+
+
+def test_windows_must_match_the_embeddings() -> None:
+    x, _ = voices([10])
+    with pytest.raises(ValueError, match="10 embeddings but 9 windows"):
+        cluster_speakers(x, windows=[(0.0, 1.5)] * 9)
