@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # these modules, then tests/ (stack.py)
 
 from common import Context, Row, machine  # noqa: E402
+from diarization import diarization  # noqa: E402
 from fanout import fanout  # noqa: E402
 from http_load import gateway_load, gateway_memory  # noqa: E402
 from live import live  # noqa: E402
@@ -42,6 +43,7 @@ SECTIONS: dict[str, list[Section]] = {
     "scaleout": [scaleout],
     "fanout": [fanout],
     "live": [live],
+    "diarization": [diarization],
 }
 
 
