@@ -261,7 +261,8 @@ def render(
     speaker format asked of a result without speakers.
     """
     if fmt is ResultFormat.JSON:
-        body = result.model_dump_json()
+        # Voice prints travel between daemons only (part results); never to users.
+        body = result.model_dump_json(exclude={"voiceprints"})
     elif fmt is ResultFormat.VERBOSE_JSON:
         body = json.dumps(to_verbose_json(result), ensure_ascii=False)
     elif fmt is ResultFormat.DIARIZED_JSON:

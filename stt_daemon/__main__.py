@@ -18,7 +18,7 @@ from stt_daemon.logs import configure_logging
 from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.models import ModelNotFound, resolve
 from stt_daemon.niceness import in_niced_thread
-from stt_daemon.speakers.step import DaemonEngines, load_speakers
+from stt_daemon.speakers.step import SpeakerStep, load_speakers
 from stt_daemon.standin import standin_engines
 from stt_daemon.worker import Daemon
 
@@ -56,9 +56,9 @@ def load_engines(settings: DaemonSettings) -> dict[str, Engine]:
     return engines
 
 
-def load_models(settings: DaemonSettings) -> DaemonEngines:
+def load_models(settings: DaemonSettings) -> tuple[dict[str, Engine], SpeakerStep]:
     """The Whisper models, then the speaker model (whose absence only refuses diarize=speakers)."""
-    return DaemonEngines(load_engines(settings), load_speakers(settings))
+    return load_engines(settings), load_speakers(settings)
 
 
 async def serve(settings: DaemonSettings) -> None:
@@ -66,11 +66,10 @@ async def serve(settings: DaemonSettings) -> None:
     metrics = DaemonMetrics()
     metrics.serve(settings.metrics_port, settings.metrics_host)
     # CTranslate2's worker threads are made while loading: niced there, they stay niced
-    # (onnxruntime's too, for the speaker model).
-    engines = await asyncio.to_thread(
+    engines, speakers = await asyncio.to_thread(
         in_niced_thread, settings.compute_nice, lambda: load_models(settings)
     )
-    daemon = Daemon(settings, engines, metrics)
+    daemon = Daemon(settings, engines, metrics, speakers)
     loop = asyncio.get_running_loop()
     signals = {"count": 0}
 

@@ -32,7 +32,7 @@ from stt_daemon.protocol import (
     DaemonAnnouncement,
     DecodeError,
 )
-from stt_daemon.speakers.step import SpeakerStep, speakers_of
+from stt_daemon.speakers.step import SpeakerStep
 
 log = structlog.get_logger("stt_daemon.control")
 
@@ -137,7 +137,7 @@ class ControlPlane:
         self._models = list(engines)
         self._multilingual = [name for name, engine in engines.items() if engine.multilingual]
         # Gateways refuse diarize=speakers up front when no daemon of the model can.
-        self._speakers = (speakers or speakers_of(engines)).available
+        self._speakers = speakers is not None and speakers.available
         self._in_flight = in_flight
         self.cancellations = cancellations
         self._exchange: AbstractExchange | None = None

@@ -58,7 +58,12 @@ from stt_daemon.settling import (
     delivery_lost,
     ignore_progress,
 )
-from stt_daemon.speakers.step import Speakers, SpeakerStep, speakers_of, transcription_options
+from stt_daemon.speakers.step import (
+    NOT_LOADED,
+    Speakers,
+    SpeakerStep,
+    transcription_options,
+)
 
 log = structlog.get_logger("stt_daemon.handler")
 
@@ -141,7 +146,7 @@ class JobHandler:
             "split": 0,
             "parts": 0,
         }
-        self._speakers = Speakers(speakers or speakers_of(engines), self.metrics)
+        self._speakers = Speakers(speakers or SpeakerStep.off(NOT_LOADED), self.metrics)
         self._parts = PartRunner(fanout, self._settle, self.metrics, self.counts, self._speakers)
 
     def stop(self, grace: float) -> None:

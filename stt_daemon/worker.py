@@ -23,6 +23,7 @@ from stt_daemon.handler import JobHandler
 from stt_daemon.live import LiveGate, LiveServer
 from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.quarantine import Quarantine
+from stt_daemon.speakers.step import SpeakerStep
 from stt_daemon.topology import declare_topology
 
 log = structlog.get_logger("stt_daemon.worker")
@@ -71,10 +72,12 @@ class Daemon:
         settings: DaemonSettings,
         engines: Mapping[str, Engine],
         metrics: DaemonMetrics | None = None,
+        speakers: SpeakerStep | None = None,
     ) -> None:
         self._settings = settings
         self._engines = engines
         self._metrics = metrics
+        self._speakers = speakers
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumers: list[tuple[AbstractQueue, str]] = []
@@ -147,10 +150,13 @@ class Daemon:
                 await self._quarantine(publish_conn),
                 await self._fanout(publish_conn, blobs),
                 await self._handback(publish_conn),
+                self._speakers,
             )
             live = self._live_server()
             await live.start(consume_conn, publish_channel)
-            control = ControlPlane(settings, self._engines, lambda: len(self._tasks), cancellations)
+            control = ControlPlane(
+                settings, self._engines, lambda: len(self._tasks), cancellations, self._speakers
+            )
             assert topology.control_exchange is not None
             await control.start(await control_conn.channel(), topology.control_exchange)
             await control.caught_up()

@@ -7,9 +7,10 @@ that completes the set labels the merged transcript from every part's prints
 (fanout.py keeps them with the part results), so one voice keeps one label from
 the first part to the last.
 
-The speaker model is loaded once at start, beside the Whisper models. A daemon
-without it (turned off, or the model missing or changed) keeps serving every
-other job and fails ``diarize=speakers`` jobs at once as ``unsupported``.
+The speaker model is checked at start, beside the Whisper models, and loaded by
+the first job that needs it. A daemon without it (turned off, or the model
+missing or changed) keeps serving every other job and fails ``diarize=speakers``
+jobs at once as ``unsupported``.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import structlog
 
 from stt_daemon.audio import Samples
 from stt_daemon.config import DaemonSettings
-from stt_daemon.engine import Engine, JobCancelled
+from stt_daemon.engine import JobCancelled
 from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.niceness import in_niced_thread
 from stt_daemon.protocol import (
@@ -39,7 +40,11 @@ from stt_daemon.protocol import (
 from stt_daemon.settling import PermanentError, Timings
 from stt_daemon.speakers.diarizer import Diarizer, VoicePrints
 from stt_daemon.speakers.embedder import SpeakerEmbedder
-from stt_daemon.speakers.model import SpeakerModelChanged, SpeakerModelMissing
+from stt_daemon.speakers.model import (
+    SpeakerModelChanged,
+    SpeakerModelMissing,
+    load_speaker_model,
+)
 
 log = structlog.get_logger("stt_daemon.speakers")
 
@@ -62,22 +67,30 @@ NOT_LOADED = "this daemon was started without a speaker model"
 
 
 class SpeakerStep:
-    """What this daemon can do for ``diarize=speakers``: a loaded diarizer, or why not."""
+    """What this daemon can do for ``diarize=speakers``: a diarizer (loaded when first
+    needed), or why not.
+
+    The model is checked at start (its manifest and checksum), so a daemon knows and
+    announces whether it diarizes; onnxruntime loads it with the first such job.
+    Daemons that never see one never pay its memory (about 50 MB loaded, 90 MB while
+    embedding) nor its load time at every start.
+    """
 
     def __init__(
         self,
-        diarizer: Diarizer | None,
+        diarizer: Diarizer | Callable[[], Diarizer] | None,
         unavailable: str | None = None,
-        rss_bytes: int | None = None,
         nice: int = 0,
     ) -> None:
         if (diarizer is None) == (unavailable is None):
             raise ValueError("a speaker step has a diarizer or a reason why not, not both")
-        self.diarizer = diarizer
+        self._ready = diarizer if isinstance(diarizer, Diarizer) else None
+        self._load = None if isinstance(diarizer, Diarizer) else diarizer
+        self._lock = threading.Lock()
         #: The sentence a refused job carries.
         self.unavailable = unavailable
-        #: Resident memory the model added when it was loaded (None: not measured).
-        self.rss_bytes = rss_bytes
+        #: Resident memory the model added when it was loaded (None: not yet, or not measured).
+        self.rss_bytes: int | None = None
         #: Nice levels the step's threads run below the event loop (STT_COMPUTE_NICE).
         self.nice = nice
 
@@ -89,64 +102,66 @@ class SpeakerStep:
     @property
     def available(self) -> bool:
         """True when ``diarize=speakers`` jobs run here."""
-        return self.diarizer is not None
+        return self.unavailable is None
 
+    def diarizer(self) -> Diarizer:
+        """The diarizer, loaded on the first call (blocking: call it off the event loop).
 
-class DaemonEngines(dict[str, Engine]):
-    """The Whisper engines a daemon serves (model name -> engine), and its speaker step.
-
-    The daemon hands this one mapping to its job handler and its control plane: the
-    step rides along, so both see what was loaded at start.
-    """
-
-    def __init__(self, engines: Mapping[str, Engine], speakers: SpeakerStep) -> None:
-        super().__init__(engines)
-        self.speakers = speakers
-
-
-def speakers_of(engines: Mapping[str, Engine]) -> SpeakerStep:
-    """The speaker step loaded with ``engines``; one that refuses when none was."""
-    if isinstance(engines, DaemonEngines):
-        return engines.speakers
-    return SpeakerStep.off(NOT_LOADED)
+        PermanentError (``unsupported``) when this daemon cannot diarize, or when
+        onnxruntime refuses the model it checked at start: then every later
+        ``diarize=speakers`` job is refused at once as well.
+        """
+        with self._lock:
+            if self._ready is not None:
+                return self._ready
+            if self._load is None:
+                raise PermanentError(ErrorCode.UNSUPPORTED, self.unavailable or NOT_LOADED)
+            before = _rss_bytes()
+            try:
+                self._ready = self._load()
+            except Exception as exc:  # a model changed since start, or unusable
+                log.error(
+                    "speakers.model_unusable",
+                    error=f"{type(exc).__name__}: {exc}"[:500],
+                    then="diarize=speakers refused",
+                )
+                self._load, self.unavailable = None, NO_MODEL
+                raise PermanentError(ErrorCode.UNSUPPORTED, NO_MODEL) from None
+            after = _rss_bytes()
+            if before is not None and after is not None:
+                self.rss_bytes = after - before
+            log.info("speakers.loaded", rss_added_mb=round((self.rss_bytes or 0) / 2**20, 1))
+            return self._ready
 
 
 def load_speakers(settings: DaemonSettings) -> SpeakerStep:
-    """Load and verify the speaker model (blocking), or say clearly why this daemon cannot.
+    """Check the speaker model (blocking), or say clearly why this daemon cannot diarize.
 
     Never raises: a daemon that cannot diarize still transcribes everything else.
+    onnxruntime loads the model with the first ``diarize=speakers`` job.
     """
     if settings.engine == "standin":
         return SpeakerStep.off(STAND_IN)
     if not settings.diarization:
         log.info("speakers.off", reason="STT_DIARIZATION is false")
         return SpeakerStep.off(TURNED_OFF)
-    started, rss_before = time.monotonic(), _rss_bytes()
     try:
-        embedder = SpeakerEmbedder(settings.speaker_model_dir, settings.speaker_threads)
+        model = load_speaker_model(settings.speaker_model_dir)
     except SpeakerModelMissing as exc:
         event = "changed" if isinstance(exc, SpeakerModelChanged) else "missing"
         log.error(f"speakers.model_{event}", error=str(exc), then="diarize=speakers refused")
         return SpeakerStep.off(NO_MODEL)
-    except Exception as exc:  # onnxruntime refusing the file: still serve everything else
-        log.error(
-            "speakers.model_unusable",
-            error=f"{type(exc).__name__}: {exc}"[:500],
-            path=str(settings.speaker_model_dir),
-            then="diarize=speakers refused",
-        )
-        return SpeakerStep.off(NO_MODEL)
-    rss_after = _rss_bytes()
-    added = rss_after - rss_before if rss_after is not None and rss_before is not None else None
     log.info(
-        "speakers.loaded",
+        "speakers.ready",
         path=str(settings.speaker_model_dir),
-        sha256=embedder.sha256[:12],
+        sha256=model.sha256[:12],
         threads=settings.speaker_threads,
-        load_s=round(time.monotonic() - started, 3),
-        rss_added_mb=round(added / 2**20, 1) if added is not None else None,
+        loaded="with the first diarize=speakers job",
     )
-    return SpeakerStep(Diarizer(embedder), rss_bytes=added, nice=settings.compute_nice)
+    directory, threads = settings.speaker_model_dir, settings.speaker_threads
+    return SpeakerStep(
+        lambda: Diarizer(SpeakerEmbedder(directory, threads)), nice=settings.compute_nice
+    )
 
 
 def _rss_bytes() -> int | None:
@@ -192,7 +207,7 @@ class Speakers:
         options, part = job.message.options, job.message.part
         if options.diarize is not Diarize.SPEAKERS:
             return result
-        diarizer = self._diarizer()
+        diarizer = await self._diarizer()
         mark = time.monotonic()
         offset = part.offset if part is not None else 0.0
         prints = await self._off_loop(lambda: diarizer.voiceprints(audio, result.segments, offset))
@@ -227,7 +242,7 @@ class Speakers:
         self, result: TranscriptResult, prints: list[VoicePrints], options: JobOptions
     ) -> TranscriptResult:
         """Speakers on words and segments, the turns listed, no voice prints left (threaded)."""
-        diarizer = self._diarizer()
+        diarizer = await self._diarizer()
         mark = time.monotonic()
         segments, turns = await self._off_loop(
             lambda: diarizer.label(list(result.segments), prints, options)
@@ -247,10 +262,10 @@ class Speakers:
         # calling thread, and the event loop must keep its turn on busy cores.
         return await asyncio.to_thread(in_niced_thread, self._step.nice, work)
 
-    def _diarizer(self) -> Diarizer:
-        diarizer = self._step.diarizer
-        if diarizer is None:  # check() stops such jobs before they are decoded
-            raise RuntimeError(self._step.unavailable)
+    async def _diarizer(self) -> Diarizer:
+        # The first job loads the model: off the loop, niced like the work itself.
+        diarizer = await self._off_loop(self._step.diarizer)
+        self._metrics.diarization_ready(self._step.available, self._step.rss_bytes)
         return diarizer
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.formats import ResultFormat, render, timestamp, to_verbose_json
 from stt_daemon.diarize import merge
-from stt_daemon.protocol import Segment, TranscriptResult, Word
+from stt_daemon.protocol import Segment, TranscriptResult, VoicePrintsWire, Word
 
 RESULT = TranscriptResult(
     text="Hello there. Second line.",
@@ -82,6 +82,15 @@ def test_tsv_text_and_json() -> None:
     assert text == "Hello there.\nchannel_1: Second line.\n"
     full, _ = render(RESULT, ResultFormat.JSON)
     assert TranscriptResult.model_validate_json(full) == RESULT
+    assert "voiceprints" not in json.loads(full)
+
+
+def test_json_never_shows_voice_prints() -> None:
+    # They travel between daemons on part results; a result that kept them by mistake
+    # must not hand them (or a null where they go) to users.
+    prints = VoicePrintsWire(windows=[(0.0, 1.5)], dim=1, embeddings="ADw=")
+    full, _ = render(RESULT.model_copy(update={"voiceprints": prints}), ResultFormat.JSON)
+    assert "voiceprints" not in json.loads(full)
 
 
 def test_verbose_json_has_openai_shape() -> None:

@@ -30,6 +30,7 @@ from stt_daemon.handler import JobHandler
 from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.protocol import (
     DaemonAnnouncement,
+    ErrorCode,
     JobEvent,
     JobMessage,
     JobOptions,
@@ -39,15 +40,14 @@ from stt_daemon.protocol import (
     TranscriptResult,
     Word,
 )
+from stt_daemon.settling import PermanentError
 from stt_daemon.speakers.diarizer import Diarizer, VoicePrints
 from stt_daemon.speakers.model import default_model_dir
 from stt_daemon.speakers.step import (
     NO_MODEL,
     TURNED_OFF,
-    DaemonEngines,
     SpeakerStep,
     load_speakers,
-    speakers_of,
     transcription_options,
 )
 from stt_daemon.topology import Names
@@ -166,12 +166,13 @@ def _handler(
     events = FakeEvents(log)
     config = DaemonSettings(data_dir=tmp_path, retry_backoff=0)
     blobs = BlobStore((tmp_path / "b").as_uri())
-    engines = DaemonEngines({"tiny.en": engine}, step)  # type: ignore[dict-item]
-    return JobHandler(config, engines, blobs, events, fanout=fanout), events  # type: ignore[arg-type]
+    engines = {"tiny.en": engine}
+    handler = JobHandler(config, engines, blobs, events, fanout=fanout, speakers=step)  # type: ignore[arg-type]
+    return handler, events
 
 
 def _diarizing(diarizer: FakeDiarizer) -> SpeakerStep:
-    return SpeakerStep(diarizer, rss_bytes=123)  # type: ignore[arg-type]
+    return SpeakerStep(lambda: diarizer)  # type: ignore[arg-type,return-value]
 
 
 def _speakers_job(log: list[str], **options: str) -> FakeMessage:
@@ -215,19 +216,34 @@ def test_diarization_can_be_turned_off() -> None:
     assert not step.available and step.unavailable == TURNED_OFF
 
 
-def test_the_prepared_model_loads_once_with_its_cost_logged() -> None:
+def test_the_prepared_model_is_checked_at_start_and_loaded_once_when_needed() -> None:
     with capture_logs() as logs:
         step = load_speakers(DaemonSettings(compute_nice=3))
-    assert step.available and isinstance(step.diarizer, Diarizer), logs
+    assert step.available and step.nice == 3, logs
     [line] = logs
-    assert line["event"] == "speakers.loaded" and len(line["sha256"]) == 12
-    assert step.nice == 3 and step.rss_bytes is not None
+    assert line["event"] == "speakers.ready" and len(line["sha256"]) == 12
+    assert step.rss_bytes is None  # onnxruntime has not loaded it: no job needed it yet
+    with capture_logs() as logs:
+        diarizer = step.diarizer()
+    assert isinstance(diarizer, Diarizer) and step.diarizer() is diarizer
+    assert [line["event"] for line in logs] == ["speakers.loaded"]
+    assert step.rss_bytes is not None
 
 
-def test_engines_without_a_speaker_step_cannot_diarize() -> None:
-    assert not speakers_of({}).available
-    step = SpeakerStep.off("no")
-    assert speakers_of(DaemonEngines({}, step)) is step
+def test_a_model_onnxruntime_refuses_later_refuses_every_later_job() -> None:
+    def broken() -> Diarizer:
+        raise RuntimeError("onnxruntime: invalid model")
+
+    step = SpeakerStep(broken)
+    for _ in range(2):
+        with pytest.raises(PermanentError) as refused:
+            step.diarizer()
+        assert refused.value.code is ErrorCode.UNSUPPORTED
+    assert not step.available and step.unavailable == NO_MODEL
+
+
+def test_a_step_is_a_diarizer_or_a_reason() -> None:
+    assert not SpeakerStep.off("no").available
     with pytest.raises(ValueError, match="not both"):
         SpeakerStep(None)
 
@@ -280,7 +296,10 @@ async def test_a_whole_recording_gets_speakers_turns_and_no_voice_prints(tmp_pat
         labels = {"step": step}
         assert _metric(handler, "stt_daemon_diarization_seconds_count", labels) == 1
     assert _metric(handler, "stt_daemon_diarization_available") == 1
-    assert _metric(handler, "stt_daemon_diarization_model_bytes") == 123
+    # The fake loads in no time; what loading added is measured and published.
+    assert handler._speakers._step.rss_bytes is not None
+    loaded = handler._speakers._step.rss_bytes
+    assert _metric(handler, "stt_daemon_diarization_model_bytes") == loaded
 
 
 async def test_jobs_without_diarize_speakers_never_reach_the_diarizer(tmp_path: Path) -> None:
@@ -352,7 +371,7 @@ class Exchange:
 @pytest.mark.parametrize("available", [True, False])
 async def test_daemons_announce_whether_they_diarize(available: bool) -> None:
     step = _diarizing(FakeDiarizer()) if available else SpeakerStep.off("no")
-    control = ControlPlane(DaemonSettings(), DaemonEngines({}, step), lambda: 0, Cancellations())
+    control = ControlPlane(DaemonSettings(), {}, lambda: 0, Cancellations(), step)
     control._exchange = exchange = Exchange()  # type: ignore[assignment]
     await control.announce()
     assert exchange.bodies[0].speakers is available
