@@ -10,6 +10,7 @@ prepared speaker model and fetches the speaker audio once (tests/speakeraudio.py
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,22 +82,26 @@ def transcribe(model: Any, audio: np.ndarray) -> list[Segment]:
     ]
 
 
+@dataclass(frozen=True)
 class Transcribed:
     """A recording's audio and tiny.en's segments of it."""
 
-    def __init__(self, model: Any, audio: np.ndarray) -> None:
-        self.audio = audio
-        self.segments = transcribe(model, audio)
+    audio: np.ndarray
+    segments: list[Segment]
+
+    @classmethod
+    def by(cls, model: Any, audio: np.ndarray) -> Transcribed:
+        return cls(audio, transcribe(model, audio))
 
 
 @pytest.fixture(scope="module")
 def sample(whisper: Any) -> Transcribed:
-    return Transcribed(whisper, pyannote_sample().samples())
+    return Transcribed.by(whisper, pyannote_sample().samples())
 
 
 @pytest.fixture(scope="module")
 def three(whisper: Any) -> Transcribed:
-    return Transcribed(whisper, three_voices().samples())
+    return Transcribed.by(whisper, three_voices().samples())
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +109,8 @@ def halves(whisper: Any, sample: Transcribed) -> list[tuple[float, Transcribed]]
     """The sample's two parts, each transcribed on its own: (offset, part)."""
     at = round(CUT * SAMPLE_RATE)
     return [
-        (0.0, Transcribed(whisper, sample.audio[:at])),
-        (CUT, Transcribed(whisper, sample.audio[at:])),
+        (0.0, Transcribed.by(whisper, sample.audio[:at])),
+        (CUT, Transcribed.by(whisper, sample.audio[at:])),
     ]
 
 
@@ -166,7 +171,7 @@ def test_three_people_taking_turns_are_counted_without_hints(
     "path", [JFK, ROOT / "tests" / "data" / "hotwords.mp3"], ids=["jfk", "hotwords"]
 )
 def test_one_voice_alone_is_one_speaker(diarizer: Diarizer, whisper: Any, path: Path) -> None:
-    recording = Transcribed(whisper, decode(path, max_seconds=60))
+    recording = Transcribed.by(whisper, decode(path, max_seconds=60))
     labelled, turns = diarize(diarizer, recording)
     assert speakers(turns) == 1
     assert set(word_speakers(labelled)) == {"SPEAKER_00"}
@@ -181,6 +186,25 @@ def test_hints_are_honoured(diarizer: Diarizer, sample: Transcribed, three: Tran
     assert speakers(turns) == 3
     assert word_accuracy(labelled, three_voices().turns) >= 0.90
     assert speakers(diarize(diarizer, three, hints(max_speakers=2))[1]) == 2
+
+
+def test_a_recording_joined_to_itself_keeps_its_speakers(
+    diarizer: Diarizer, sample: Transcribed
+) -> None:
+    # Each phrase three times: the repeats must not become "speakers" of their own.
+    length = sample.audio.size / SAMPLE_RATE
+    repeated = Transcribed(
+        np.concatenate([sample.audio] * 3),
+        [s for i in range(3) for s in shifted(sample.segments, i * length)],
+    )
+    labelled, turns = diarize(diarizer, repeated)
+    reference = [
+        (start + i * length, end + i * length, who)
+        for i in range(3)
+        for start, end, who in pyannote_sample().turns
+    ]
+    assert speakers(turns) == 2
+    assert word_accuracy(labelled, reference) >= 0.95
 
 
 # --- split recordings ----------------------------------------------------------------

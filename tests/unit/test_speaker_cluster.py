@@ -370,3 +370,27 @@ def test_windows_must_match_the_embeddings() -> None:
     x, _ = voices([10])
     with pytest.raises(ValueError, match="10 embeddings but 9 windows"):
         cluster_speakers(x, windows=[(0.0, 1.5)] * 9)
+
+
+# A recording that repeats itself
+
+
+def repeated(x: Rows, times: int, seed: int = 0) -> Rows:
+    """``x`` ``times`` over, each copy a little changed (the same sound, windows moved a little)."""
+    rng = np.random.default_rng(seed)
+    copies = [x + rng.normal(0.0, 0.005, x.shape) for _ in range(times)]
+    return _unit(np.concatenate(copies))
+
+
+@pytest.mark.parametrize("times", [4, 10])
+def test_a_repeated_voice_is_still_one_speaker(times: int) -> None:
+    x, _ = voices([12], seed=3)
+    assert speakers(cluster_speakers(repeated(x, times))) == 1
+
+
+@pytest.mark.parametrize("times", [4, 10])
+def test_repeated_voices_are_each_one_speaker(times: int) -> None:
+    x, truth = voices([15, 15, 15], seed=4)
+    labels = cluster_speakers(repeated(x, times))
+    assert speakers(labels) == 3
+    assert accuracy(labels, np.tile(truth, times)) == 1.0
