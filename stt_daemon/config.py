@@ -201,8 +201,9 @@ class DaemonSettings(CommonSettings):
     split_seconds: float = Field(default=180.0, ge=0)
     #: The longest part of a split recording, seconds (cuts fall in its last third).
     part_seconds: float = Field(default=60.0, ge=10)
-    #: ``diarize=speakers`` on this daemon: the speaker-embedding model is loaded at
-    #: start (about 100 MB more memory); off, such jobs fail at once as unsupported.
+    #: ``diarize=speakers`` on this daemon: the speaker-embedding model is checked at
+    #: start and loaded by the first such job (about 100 MB more memory from then on);
+    #: off, such jobs fail at once as unsupported.
     diarization: bool = True
     #: Where the speaker-embedding model lies (``campplus.onnx`` and its manifest, as
     #: deploy/local/prepare-speaker-model writes them).

@@ -137,7 +137,7 @@ class ControlPlane:
         self._models = list(engines)
         self._multilingual = [name for name, engine in engines.items() if engine.multilingual]
         # Gateways refuse diarize=speakers up front when no daemon of the model can.
-        self._speakers = speakers is not None and speakers.available
+        self._speakers = speakers
         self._in_flight = in_flight
         self.cancellations = cancellations
         self._exchange: AbstractExchange | None = None
@@ -210,7 +210,9 @@ class ControlPlane:
             worker=self._settings.worker_name,
             models=self._models,
             multilingual=self._multilingual,
-            speakers=self._speakers,
+            # Read at each announcement: a model onnxruntime refuses at its first job
+            # turns diarization off after start.
+            speakers=self._speakers is not None and self._speakers.available,
             prefetch=self._settings.prefetch,
             in_flight=self._in_flight(),
             state="down" if state == "down" else "up",

@@ -63,7 +63,7 @@ MIN_SPEAKER_COHERENCE = 0.3
 NEIGHBOUR_FRACTION = 0.02
 MIN_NEIGHBOURS = 6
 #: The affinity matrix is n x n and its eigendecomposition O(n^3): beyond this many
-#: windows (12.5 min of speech at a 0.75 s hop) an even subsample is clustered and
+#: windows (about 8 min of speech at the diarizer's 0.5 s hop) an even subsample is clustered and
 #: the other windows join the speaker they are most like. About a second on 2 cores.
 MAX_CLUSTERED_WINDOWS = 1000
 #: k-means: fixed generator, a few k-means++ restarts, bounded iterations.

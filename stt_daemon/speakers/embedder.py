@@ -36,7 +36,7 @@ BATCH = 8
 def plan_windows(
     speech: Sequence[tuple[float, float]],
     length: float = 1.5,
-    step: float = 0.75,
+    step: float = 0.5,
     min_length: float = MIN_WINDOW,
 ) -> list[tuple[float, float]]:
     """Windows of ``length`` seconds every ``step`` seconds over each stretch of speech.

@@ -264,9 +264,10 @@ class Speakers:
 
     async def _diarizer(self) -> Diarizer:
         # The first job loads the model: off the loop, niced like the work itself.
-        diarizer = await self._off_loop(self._step.diarizer)
-        self._metrics.diarization_ready(self._step.available, self._step.rss_bytes)
-        return diarizer
+        try:
+            return await self._off_loop(self._step.diarizer)
+        finally:  # loaded, or refused for good: the gauges say which
+            self._metrics.diarization_ready(self._step.available, self._step.rss_bytes)
 
 
 def _summary(result: TranscriptResult) -> dict[str, int]:

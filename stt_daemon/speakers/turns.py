@@ -1,7 +1,9 @@
 """Who spoke when, and who said each word: speaker turns from labelled windows.
 
-The clustered windows overlap (1.5 s every 0.75 s): time where two windows of
-different speakers overlap goes to the window whose centre is nearer. Turns of one
+The clustered windows overlap (1.5 s every 0.5 s in the diarizer): in
+:func:`windows_to_turns`, time where two windows of different speakers overlap goes
+to the window whose centre is nearer (the diarizer decides per 20 ms frame itself,
+see diarizer.speaker_turns). Turns of one
 speaker that follow each other merge; pauses between speech stay gaps. Then every
 word goes to the speaker whose turns cover most of it (the nearest turn when none
 does), as WhisperX assigns words, and segments are cut where the speaker changes.

@@ -214,8 +214,8 @@ def test_long_stretch_is_covered_by_overlapping_windows(end: float) -> None:
 
 
 def test_windows_follow_the_stretches_in_order() -> None:
-    windows = plan_windows([(0.0, 3.0), (4.0, 4.2), (10.0, 11.0)])
-    assert windows == [(0.0, 1.5), (0.75, 2.25), (1.5, 3.0), (10.0, 11.0)]
+    windows = plan_windows([(0.0, 2.5), (4.0, 4.2), (10.0, 11.0)])
+    assert windows == [(0.0, 1.5), (0.5, 2.0), (1.0, 2.5), (10.0, 11.0)]
 
 
 def test_a_lower_minimum_lets_shorter_stretches_in() -> None:

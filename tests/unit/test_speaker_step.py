@@ -402,3 +402,17 @@ def test_the_gateway_refuses_speakers_when_no_daemon_of_the_model_diarizes() -> 
 def test_the_process_memory_is_in_the_daemons_metrics() -> None:
     metrics = DaemonMetrics()
     assert metrics.registry.get_sample_value("process_resident_memory_bytes")
+
+
+async def test_a_model_refused_at_first_use_is_announced_as_gone() -> None:
+    def broken() -> Diarizer:
+        raise RuntimeError("onnxruntime: invalid model")
+
+    step = SpeakerStep(broken)
+    control = ControlPlane(DaemonSettings(), {}, lambda: 0, Cancellations(), step)
+    control._exchange = exchange = Exchange()  # type: ignore[assignment]
+    await control.announce()
+    with pytest.raises(PermanentError):
+        step.diarizer()
+    await control.announce()
+    assert [body.speakers for body in exchange.bodies] == [True, False]
