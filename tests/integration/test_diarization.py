@@ -169,6 +169,22 @@ async def test_three_voices_counted_without_hints(deployment: Deployment) -> Non
     assert accuracy(labelled_words(result, voices.turns)) >= MIN_ACCURACY
 
 
+async def test_three_voices_within_hinted_bounds(deployment: Deployment) -> None:
+    voices = three_voices()
+    _, result = await transcribe(
+        deployment.gateway, voices.audio, **WHOLE, min_speakers="2", max_speakers="4"
+    )
+    assert len(check_shape(result)) == 3
+    assert accuracy(labelled_words(result, voices.turns)) >= MIN_ACCURACY
+
+
+async def test_three_voices_told_their_number(deployment: Deployment) -> None:
+    voices = three_voices()
+    _, result = await transcribe(deployment.gateway, voices.audio, **WHOLE, num_speakers="3")
+    assert len(check_shape(result)) == 3
+    assert accuracy(labelled_words(result, voices.turns)) >= MIN_ACCURACY
+
+
 async def test_one_voice_is_one_speaker(deployment: Deployment) -> None:
     _, result = await transcribe(deployment.gateway, JFK, diarize="speakers")
     assert check_shape(result) == {"SPEAKER_00"}
