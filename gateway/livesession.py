@@ -72,6 +72,11 @@ class LiveLimits:
     context: float = 5.0
     #: Words ending less than this before the window's end are not committed yet.
     hold: float = 0.0
+    #: Nothing of an utterance is committed before the window holds this many seconds
+    #: of it: from a second or two of speech, two hypotheses agree on a mishearing too
+    #: ("and so am I" for "and so my", at the start of a stream), and committed words
+    #: never change. They are shown as tentative meanwhile.
+    settle: float = 2.5
     #: Uncommitted audio kept before the window is cut at the last committed word.
     trim_after: float = 20.0
     #: Longest window; past it the tentative words are committed as they stand.
@@ -183,6 +188,8 @@ class LiveSession:
         self._end_silence = options.end_silence or limits.end_silence
         #: Where the last utterance ended (session seconds).
         self._last_stop = 0.0
+        #: Where the utterance in progress started (session seconds).
+        self._speech_from = 0.0
         self._language: str | None = options.language
         self._events: asyncio.Queue[LiveEvent | None] = asyncio.Queue()
         self.stats = WindowStats()
@@ -341,8 +348,12 @@ class LiveSession:
         fresh_speech = [(a, b) for a, b in speech if b > self._last_stop + 0.05]
         if fresh_speech and not self._in_speech:
             self._in_speech = True
-            self._emit(SpeechStarted(round(max(fresh_speech[0][0], self._last_stop), 3)))
-        committed = self._agreement.insert(words, until=window_end - self._limits.hold)
+            self._speech_from = max(fresh_speech[0][0], self._last_stop)
+            self._emit(SpeechStarted(round(self._speech_from, 3)))
+        until = window_end - self._limits.hold
+        if self._in_speech and window_end - self._speech_from < self._limits.settle:
+            until = float("-inf")  # too little of this utterance heard yet to commit
+        committed = self._agreement.insert(words, until=until)
         self._emit(Hypothesis(committed, self._agreement.tail))
         silent_for = window_end - speech[-1][1] if speech else reply.duration
         self._next_step = self._limits.step

@@ -35,11 +35,13 @@ def load_engines(settings: DaemonSettings) -> dict[str, Engine]:
         ref = resolve(spec)
         engines[ref.name] = WhisperEngine(
             ref,
-            # No workers beyond STT_PREFETCH: each costs memory whether it runs or not
-            # (measured: 3 transcriptions in flight peak at 733 MB with 3 workers, 1,065 MB
-            # with 6). Live windows still get one soon: batch jobs hold at their next
-            # window while live work goes on (live.LiveGate), which frees their workers.
-            workers=settings.prefetch,
+            # One worker more than STT_PREFETCH, so that a live window never waits for a
+            # batch window to finish (batch jobs then hold at their next window, see
+            # live.LiveGate). Each worker costs memory whether it runs or not: 3 -> 6
+            # workers took 3 jobs in flight from 733 to 1,065 MB with glibc's default
+            # heaps; with the daemon's (heap.py) one more costs 15-45 MiB (the memory test:
+            # 527 MiB with 4 workers, 481-513 with 3).
+            workers=settings.prefetch + 1,
             cpu_threads=threads,
             device=settings.device,
             compute_type=settings.compute_type,

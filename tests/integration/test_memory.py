@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600
 
 #: The hardening issue's bound: tiny.en, STT_PREFETCH (3) jobs in flight, whatever their
 #: length. Measured with the daemon's heap settings (heap.py: two glibc heaps, large blocks
-#: mapped on their own): 496-513 MiB with two hour-long silences and ten minutes of speech
+#: mapped on their own): 481-527 MiB with two hour-long silences and ten minutes of speech
 #: in flight. glibc's defaults took the same to 571-695 MiB, which this test would catch.
 #: Python's own share is about 13 MiB a job (tracemalloc); the rest is the model, its
 #: workers and the windows they decode.
