@@ -1,6 +1,8 @@
 """Who spoke when, in one channel: speaker embeddings, clustering and turns.
 
-``embedder`` turns stretches of speech into voice embeddings (CAM++ through
-onnxruntime), ``cluster`` groups them into speakers, ``turns`` gives each word and
-segment its speaker. Nothing here imports faster-whisper or the gateway.
+``model`` finds and verifies the prepared CAM++ model, ``embedder`` turns windows of
+speech into voice embeddings (onnxruntime), ``cluster`` groups them into speakers,
+``diarizer`` ties these together (Silero VAD stretches -> windows -> labels ->
+turns), ``turns`` gives each word and segment its speaker, and ``step`` is the
+daemon's side of it. Nothing here imports the gateway.
 """

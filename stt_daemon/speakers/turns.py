@@ -1,51 +1,23 @@
-"""Who spoke when, and who said each word: speaker turns from labelled windows.
+"""Who said each word: words and segments given the speaker turns (diarizer.speaker_turns).
 
-The clustered windows overlap (1.5 s every 0.5 s in the diarizer): in
-:func:`windows_to_turns`, time where two windows of different speakers overlap goes
-to the window whose centre is nearer (the diarizer decides per 20 ms frame itself,
-see diarizer.speaker_turns). Turns of one
-speaker that follow each other merge; pauses between speech stay gaps. Then every
-word goes to the speaker whose turns cover most of it (the nearest turn when none
-does), as WhisperX assigns words, and segments are cut where the speaker changes.
-
-Nothing here assumes one part of a recording: windows and turns are sorted by time,
-so the parts of a long recording may come in any order with absolute times.
+Every word goes to the speaker whose turns cover most of it (the nearest turn when
+none does), as WhisperX assigns words, and segments are cut where the speaker
+changes. Nothing here assumes one part of a recording: turns are sorted by time, so
+the parts of a long recording may come in any order with absolute times.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-
-import numpy as np
-import numpy.typing as npt
+from collections.abc import Sequence
 
 from stt_daemon.protocol import Segment, SpeakerTurn
-
-#: A speaker change must last this many windows to count: fewer windows of one
-#: speaker between two windows of one other speaker, in unbroken speech, are taken
-#: as the other's (one 1.5 s window is too little voice to flip a turn on).
-SHORTEST_FLIP_WINDOWS = 2
 
 
 def speaker_name(index: int) -> str:
     """The public name of the ``index``-th speaker: ``SPEAKER_00``, ``SPEAKER_01``..."""
     return f"SPEAKER_{index:02d}"
-
-
-def windows_to_turns(
-    windows: Sequence[tuple[float, float]], labels: Sequence[int] | npt.NDArray[np.integer]
-) -> list[SpeakerTurn]:
-    """Speaker turns, in time order, from windows ``(start, end)`` and their speaker labels."""
-    if len(windows) != len(labels):
-        raise ValueError(f"{len(windows)} windows but {len(labels)} labels")
-    order = sorted(range(len(windows)), key=lambda i: (windows[i][0], windows[i][1]))
-    turns: list[SpeakerTurn] = []
-    for region in _regions([windows[i] for i in order], [int(labels[i]) for i in order]):
-        turns.extend(_region_turns(region))
-    return turns
 
 
 def assign_speakers(
@@ -107,63 +79,6 @@ def _split(segment: Segment, speakers: list[str]) -> list[Segment]:
         )
         for run in runs
     ]
-
-
-@dataclass(frozen=True)
-class _Window:
-    start: float
-    end: float
-    label: int
-
-    @property
-    def centre(self) -> float:
-        return (self.start + self.end) / 2
-
-
-def _regions(windows: list[tuple[float, float]], labels: list[int]) -> Iterable[list[_Window]]:
-    """Runs of windows that overlap or touch: stretches of unbroken speech."""
-    region: list[_Window] = []
-    reach = 0.0
-    for (start, end), label in zip(windows, labels, strict=True):
-        if region and start > reach:
-            yield region
-            region = []
-        reach = max(reach, end) if region else end
-        region.append(_Window(start, end, label))
-    if region:
-        yield region
-
-
-def _region_turns(region: list[_Window]) -> list[SpeakerTurn]:
-    """One region's turns: each instant to the window with the nearest centre."""
-    region.sort(key=lambda w: w.centre)
-    labels = _smooth([w.label for w in region], SHORTEST_FLIP_WINDOWS)
-    start, end = min(w.start for w in region), max(w.end for w in region)
-    # Boundaries halfway between neighbouring centres: the midpoint of the overlap
-    # for windows of one length.
-    cuts = [start] + [(a.centre + b.centre) / 2 for a, b in itertools.pairwise(region)] + [end]
-    pieces: list[list[float]] = []  # [start, end, label]
-    for i, label in enumerate(labels):
-        if pieces and pieces[-1][2] == label:
-            pieces[-1][1] = cuts[i + 1]
-        elif cuts[i + 1] > cuts[i]:
-            pieces.append([cuts[i], cuts[i + 1], label])
-    return [SpeakerTurn(start=a, end=b, speaker=speaker_name(int(c))) for a, b, c in pieces]
-
-
-def _smooth(labels: list[int], shortest: int) -> list[int]:
-    """Runs shorter than ``shortest`` between two runs of one other label take that label."""
-    out = list(labels)
-    i = 0
-    while i < len(out):
-        j = i
-        while j < len(out) and out[j] == out[i]:
-            j += 1
-        if j - i < shortest and i > 0 and j < len(out) and out[i - 1] == out[j]:
-            # Left to right, on the labels smoothed so far: A B A B A becomes all A.
-            out[i:j] = [out[i - 1]] * (j - i)
-        i = j
-    return out
 
 
 class _Timeline:

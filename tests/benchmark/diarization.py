@@ -184,7 +184,7 @@ def _median_time(repeat: int, work: Callable[[], Any]) -> tuple[float, Any]:
     return statistics.median(times), result
 
 
-def _transcribe(model: Any, audio: np.ndarray) -> list[Segment]:
+def transcribe(model: Any, audio: np.ndarray) -> list[Segment]:
     """tiny.en with word timestamps, as the daemon's engine turns a result into segments."""
     segments, _ = model.transcribe(audio, word_timestamps=True)
     return [
@@ -282,7 +282,7 @@ def measure(repeat: int) -> dict[str, Any]:
     transcribed: list[tuple[float, list[list[Segment]]]] = []
     for recording in todo:
         timed = [
-            _median_time(repeat, functools.partial(_transcribe, model, audio))
+            _median_time(repeat, functools.partial(transcribe, model, audio))
             for _, audio in _parts(recording)
         ]
         transcribed.append((sum(t for t, _ in timed), [segments for _, segments in timed]))

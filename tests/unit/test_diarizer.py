@@ -17,7 +17,12 @@ from typing import Any
 import numpy as np
 import pydantic
 import pytest
-from benchmark.diarization import as_reference, diarization_error_rate, word_accuracy
+from benchmark.diarization import (
+    as_reference,
+    diarization_error_rate,
+    transcribe,
+    word_accuracy,
+)
 from speakeraudio import JFK, ROOT, pyannote_sample, three_voices
 
 from stt_daemon.audio import SAMPLE_RATE, ArraySamples, PcmFile, decode
@@ -62,24 +67,6 @@ def whisper() -> Any:
     return WhisperModel(
         str(resolve("tiny.en").path), device="cpu", compute_type="int8", cpu_threads=1
     )
-
-
-def transcribe(model: Any, audio: np.ndarray) -> list[Segment]:
-    """tiny.en with word timestamps (diarize=speakers turns them on in the daemon)."""
-    segments, _ = model.transcribe(audio, word_timestamps=True)
-    return [
-        Segment(
-            id=i,
-            start=s.start,
-            end=s.end,
-            text=s.text,
-            words=[
-                Word(start=w.start, end=w.end, word=w.word, probability=w.probability)
-                for w in s.words
-            ],
-        )
-        for i, s in enumerate(segments)
-    ]
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,9 @@
-"""Speaker turns from labelled windows, and each word's and segment's speaker."""
+"""Each word's and segment's speaker, given the speaker turns."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
 from stt_daemon.protocol import Segment, SpeakerTurn, Word
-from stt_daemon.speakers.turns import (
-    SHORTEST_FLIP_WINDOWS,
-    assign_speakers,
-    speaker_name,
-    windows_to_turns,
-)
-
-LENGTH, HOP = 1.5, 0.75
-
-
-def sliding(start: float, count: int) -> list[tuple[float, float]]:
-    """``count`` windows of 1.5 s every 0.75 s from ``start``, as the embedder makes them."""
-    return [(start + i * HOP, start + i * HOP + LENGTH) for i in range(count)]
+from stt_daemon.speakers.turns import assign_speakers, speaker_name
 
 
 def turn(start: float, end: float, speaker: str) -> SpeakerTurn:
@@ -42,82 +27,6 @@ def segment(words: list[Word], text: str | None = None, id: int = 0) -> Segment:
 
 def spans(turns: list[SpeakerTurn]) -> list[tuple[float, float, str]]:
     return [(round(t.start, 3), round(t.end, 3), t.speaker) for t in turns]
-
-
-# windows_to_turns
-
-
-def test_the_boundary_between_overlapping_windows_is_halfway() -> None:
-    # Windows 0-4 are A, 5-9 are B: centres 3.75 and 4.5 meet at 4.125.
-    turns = windows_to_turns(sliding(0.0, 10), [0] * 5 + [1] * 5)
-    assert spans(turns) == [(0.0, 4.125, "SPEAKER_00"), (4.125, 8.25, "SPEAKER_01")]
-
-
-def test_a_pause_stays_a_gap_even_for_one_speaker() -> None:
-    windows = sliding(0.0, 4) + sliding(10.0, 3)
-    turns = windows_to_turns(windows, [2] * 7)
-    assert spans(turns) == [(0.0, 3.75, "SPEAKER_02"), (10.0, 13.0, "SPEAKER_02")]
-
-
-def test_windows_that_only_touch_are_one_stretch_of_speech() -> None:
-    turns = windows_to_turns([(0.0, 1.5), (1.5, 3.0)], [0, 0])
-    assert spans(turns) == [(0.0, 3.0, "SPEAKER_00")]
-
-
-def test_one_window_of_another_speaker_is_smoothed_away() -> None:
-    assert SHORTEST_FLIP_WINDOWS == 2
-    turns = windows_to_turns(sliding(0.0, 7), [0, 0, 0, 1, 0, 0, 0])
-    assert spans(turns) == [(0.0, 6.0, "SPEAKER_00")]
-
-
-def test_alternating_single_windows_go_to_the_speaker_around_them() -> None:
-    turns = windows_to_turns(sliding(0.0, 7), [0, 0, 1, 0, 1, 0, 0])
-    assert spans(turns) == [(0.0, 6.0, "SPEAKER_00")]
-
-
-def test_one_window_between_two_other_speakers_is_kept() -> None:
-    turns = windows_to_turns(sliding(0.0, 7), [0, 0, 0, 1, 2, 2, 2])
-    assert [t.speaker for t in turns] == ["SPEAKER_00", "SPEAKER_01", "SPEAKER_02"]
-
-
-def test_two_windows_of_another_speaker_are_a_turn() -> None:
-    turns = windows_to_turns(sliding(0.0, 8), [0, 0, 0, 1, 1, 0, 0, 0])
-    assert [t.speaker for t in turns] == ["SPEAKER_00", "SPEAKER_01", "SPEAKER_00"]
-    assert spans(turns)[1] == (2.625, 4.125, "SPEAKER_01")
-
-
-def test_one_window_after_a_pause_is_kept() -> None:
-    # Alone between pauses, a short answer is not a flip inside someone's speech.
-    windows = sliding(0.0, 3) + sliding(5.0, 1) + sliding(8.0, 3)
-    turns = windows_to_turns(windows, [0, 0, 0, 1, 0, 0, 0])
-    assert [t.speaker for t in turns] == ["SPEAKER_00", "SPEAKER_01", "SPEAKER_00"]
-
-
-def test_windows_in_any_order_give_the_same_turns() -> None:
-    # Parts of a long recording, times already absolute, arriving last part first.
-    first, second = sliding(0.0, 6), sliding(20.0, 6)
-    labels_first, labels_second = [0, 0, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0]
-    in_order = windows_to_turns(first + second, labels_first + labels_second)
-    reversed_parts = windows_to_turns(second + first, labels_second + labels_first)
-    shuffled = [5, 11, 0, 7, 2, 9, 1, 10, 3, 6, 4, 8]
-    windows, labels = first + second, labels_first + labels_second
-    scrambled = windows_to_turns([windows[i] for i in shuffled], [labels[i] for i in shuffled])
-    assert in_order == reversed_parts == scrambled
-    assert len(in_order) == 4
-
-
-def test_numpy_labels_are_accepted() -> None:
-    turns = windows_to_turns(sliding(0.0, 2), np.array([3, 3]))
-    assert spans(turns) == [(0.0, 2.25, "SPEAKER_03")]
-
-
-def test_no_window_no_turn() -> None:
-    assert windows_to_turns([], []) == []
-
-
-def test_every_window_needs_a_label() -> None:
-    with pytest.raises(ValueError, match="3 windows but 2 labels"):
-        windows_to_turns(sliding(0.0, 3), [0, 1])
 
 
 # assign_speakers
@@ -258,11 +167,13 @@ def test_without_turns_everyone_is_one_speaker() -> None:
 
 
 def test_nothing_is_assumed_about_one_part() -> None:
-    # Two parts of one recording: windows with absolute times, the second part's
-    # windows first, one clustering over both; the labels hold across the cut.
-    part_one, part_two = sliding(0.0, 6), sliding(60.0, 6)
-    labels_one, labels_two = [1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1]
-    turns = windows_to_turns(part_two + part_one, labels_two + labels_one)
+    # Two parts of one recording: turns with absolute times, the second part's first;
+    # one clustering over both, so the labels hold across the cut.
+    turns = [
+        turn(60.0, 62.625, "SPEAKER_00"),
+        turn(62.625, 65.25, "SPEAKER_01"),
+        turn(0.0, 5.25, "SPEAKER_01"),
+    ]
     segments = [
         segment([word(0.5, 4.0, " Part one.")], id=0),
         segment([word(60.5, 61.5, " Part"), word(63.5, 64.5, " two.")], id=0),
