@@ -45,7 +45,7 @@ async def stt_dead(stack: Stack, *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "stt_daemon.deadletters",
+        "stt_daemon.deadletter_cli",
         *args,
         cwd=REPO,
         env=env,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from stt_daemon import deadletters
+from stt_daemon import deadletter_cli, deadletters
 from stt_daemon.blobs import BlobStore
 from stt_daemon.deadletters import describe, mark_path, read_mark, replay, sweep
 from stt_daemon.protocol import (
@@ -220,7 +220,7 @@ async def test_replay_republishes_with_attempts_reset_then_acks(blobs: BlobStore
 
 
 def test_replay_and_purge_name_what_they_act_on() -> None:
-    parser = deadletters.parser()
+    parser = deadletter_cli.parser()
     with pytest.raises(SystemExit):
         parser.parse_args(["replay"])
     with pytest.raises(SystemExit):
