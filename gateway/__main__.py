@@ -13,7 +13,7 @@ import uvicorn
 
 from gateway.config import GatewaySettings
 from gateway.limits import ConnectionLimits, configure, uvicorn_options
-from stt_daemon.logs import configure_logging
+from stt_daemon.common.logs import configure_logging
 
 log = structlog.get_logger("gateway")
 

@@ -26,8 +26,8 @@ from gateway.routes import compat, health, jobs, metrics, models, openai, realti
 from gateway.services import Services
 from gateway.store import open_store, purge_periodically, redacted
 from stt_daemon import __version__
-from stt_daemon.blobs import BlobStore
-from stt_daemon.logs import configure_logging
+from stt_daemon.common.blobs import BlobStore
+from stt_daemon.common.logs import configure_logging
 
 log = structlog.get_logger("gateway")
 

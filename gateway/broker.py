@@ -18,9 +18,9 @@ from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
 from pamqp.commands import Basic
 
 from gateway.config import GatewaySettings
-from stt_daemon import amqp
-from stt_daemon.protocol import JSON_CONTENT_TYPE, CancelRequest, JobMessage
-from stt_daemon.topology import Topology, declare_topology
+from stt_daemon.common import amqp
+from stt_daemon.common.protocol import JSON_CONTENT_TYPE, CancelRequest, JobMessage
+from stt_daemon.common.topology import Topology, declare_topology
 
 log = structlog.get_logger("gateway.broker")
 

@@ -1,7 +1,7 @@
 """Webhook calls waiting for their next try, in the broker rather than in a gateway.
 
 A call to retry later is published to the delay queue of its delay (declared by
-:func:`~stt_daemon.topology.declare_callback_retries`) and its delivery acked at
+:func:`~stt_daemon.common.topology.declare_callback_retries`) and its delivery acked at
 once: nothing in the gateway waits for it, so one receiver's outage holds no
 sender. The broker dead-letters it back to the callbacks queue when it is due,
 properties and all: the copy is published with the gateway's own broker user as
@@ -19,7 +19,7 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from stt_daemon.topology import Names, declare_callback_retries
+from stt_daemon.common.topology import Names, declare_callback_retries
 
 log = structlog.get_logger("gateway.callbacks")
 

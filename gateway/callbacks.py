@@ -36,9 +36,9 @@ from gateway.config import GatewaySettings
 from gateway.egress import EgressPolicy, EgressRefused, check_callback_url, redact_url
 from gateway.recorder import trusted_publishers
 from gateway.webhook_http import webhook_client
-from stt_daemon import amqp
-from stt_daemon.protocol import DecodeError, EventType, JobEvent, decode_event
-from stt_daemon.topology import Names
+from stt_daemon.common import amqp
+from stt_daemon.common.protocol import DecodeError, EventType, JobEvent, decode_event
+from stt_daemon.common.topology import Names
 
 log = structlog.get_logger("gateway.callbacks")
 

@@ -10,8 +10,8 @@ from pydantic_settings import NoDecode
 
 from gateway.egress import EgressPolicy
 from gateway.store import check_status_url
-from stt_daemon.config import CommonSettings
-from stt_daemon.cores import usable_cores
+from stt_daemon.common.cores import usable_cores
+from stt_daemon.common.settings import CommonSettings
 
 
 class GatewaySettings(CommonSettings):

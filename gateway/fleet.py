@@ -17,8 +17,8 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from pydantic import ValidationError
 
-from stt_daemon.protocol import JSON_CONTENT_TYPE, DaemonAnnouncement
-from stt_daemon.topology import Names
+from stt_daemon.common.protocol import JSON_CONTENT_TYPE, DaemonAnnouncement
+from stt_daemon.common.topology import Names
 
 log = structlog.get_logger("gateway.fleet")
 

@@ -18,7 +18,7 @@ from enum import StrEnum
 from itertools import groupby
 from typing import Any
 
-from stt_daemon.protocol import Segment, SpeakerTurn, TranscriptResult
+from stt_daemon.common.protocol import Segment, SpeakerTurn, TranscriptResult
 
 
 class ResultFormat(StrEnum):

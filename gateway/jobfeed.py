@@ -41,7 +41,7 @@ from starlette.requests import HTTPConnection
 from gateway.config import GatewaySettings
 from gateway.recorder import trusted_publishers
 from gateway.store import JobRecord, StatusStore
-from stt_daemon.protocol import (
+from stt_daemon.common.protocol import (
     DecodeError,
     EventType,
     JobEvent,
@@ -50,7 +50,7 @@ from stt_daemon.protocol import (
     decode_event,
     utcnow,
 )
-from stt_daemon.topology import Names
+from stt_daemon.common.topology import Names
 
 log = structlog.get_logger("gateway.jobfeed")
 

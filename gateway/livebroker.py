@@ -18,9 +18,9 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from aio_pika.exceptions import DeliveryError, PublishError
 from pamqp.commands import Basic
 
-from stt_daemon.amqp import broker_user
-from stt_daemon.liveprotocol import WINDOW_CONTENT_TYPE, LiveReply, WindowOptions
-from stt_daemon.topology import Names
+from stt_daemon.common.amqp import broker_user
+from stt_daemon.common.liveprotocol import WINDOW_CONTENT_TYPE, LiveReply, WindowOptions
+from stt_daemon.common.topology import Names
 
 log = structlog.get_logger("gateway.live")
 

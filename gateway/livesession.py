@@ -29,8 +29,8 @@ import structlog
 
 from gateway.agreement import LocalAgreement, TimedWord
 from gateway.livebroker import LiveClient, LiveTimeout, LiveUnavailable
-from stt_daemon.liveprotocol import MAX_PROMPT_CHARS, LiveReply, WindowOptions
-from stt_daemon.protocol import Segment, Task, TranscriptResult, Word
+from stt_daemon.common.liveprotocol import MAX_PROMPT_CHARS, LiveReply, WindowOptions
+from stt_daemon.common.protocol import Segment, Task, TranscriptResult, Word
 
 log = structlog.get_logger("gateway.live")
 

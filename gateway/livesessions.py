@@ -24,9 +24,9 @@ from gateway.livebroker import LiveClient
 from gateway.livesession import LiveEvent, LiveLimits, LiveSession, SessionOptions, Utterance
 from gateway.metrics import GatewayMetrics
 from gateway.store import JobRecord, StatusStore
-from stt_daemon.amqp import broker_user
-from stt_daemon.liveprotocol import SessionEvent
-from stt_daemon.protocol import (
+from stt_daemon.common.amqp import broker_user
+from stt_daemon.common.liveprotocol import SessionEvent
+from stt_daemon.common.protocol import (
     ErrorCode,
     ErrorInfo,
     EventType,

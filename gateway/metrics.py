@@ -20,8 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.broker import BrokerUnavailable, QueueFull, UnroutableJob
 from gateway.requestid import route_template
-from stt_daemon.protocol import JobEvent
-from stt_daemon.topology import Names
+from stt_daemon.common.protocol import JobEvent
+from stt_daemon.common.topology import Names
 
 log = structlog.get_logger("gateway.metrics")
 

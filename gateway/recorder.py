@@ -22,9 +22,9 @@ from yarl import URL
 
 from gateway.config import GatewaySettings
 from gateway.store import StatusStore
-from stt_daemon.amqp import broker_user
-from stt_daemon.protocol import DecodeError, JobEvent, decode_event
-from stt_daemon.topology import Names
+from stt_daemon.common.amqp import broker_user
+from stt_daemon.common.protocol import DecodeError, JobEvent, decode_event
+from stt_daemon.common.topology import Names
 
 log = structlog.get_logger("gateway.recorder")
 

@@ -20,9 +20,9 @@ from gateway.metrics import GatewayMetrics
 from gateway.requestid import current_request_id
 from gateway.store import JobRecord, StatusStore
 from gateway.store.base import MAX_IDEMPOTENCY_KEY
-from stt_daemon.amqp import broker_user
-from stt_daemon.blobs import BlobStore, BlobWriter
-from stt_daemon.protocol import (
+from stt_daemon.common.amqp import broker_user
+from stt_daemon.common.blobs import BlobStore, BlobWriter
+from stt_daemon.common.protocol import (
     CancelRequest,
     Diarize,
     ErrorCode,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from fastapi import HTTPException, Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from stt_daemon.blobs import BlobStore, BlobTooLarge, BlobWriter
+from stt_daemon.common.blobs import BlobStore, BlobTooLarge, BlobWriter
 
 #: Small (non-file) fields a form may carry; the richest form we take has about 15.
 MAX_FIELDS = 50

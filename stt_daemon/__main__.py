@@ -11,10 +11,10 @@ from typing import Any
 
 import structlog
 
+from stt_daemon.common.logs import configure_logging
 from stt_daemon.config import DaemonSettings
 from stt_daemon.engine import Engine, WhisperEngine, threads_per_job
 from stt_daemon.heap import tune_heap
-from stt_daemon.logs import configure_logging
 from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.models import ModelNotFound, resolve
 from stt_daemon.niceness import in_niced_thread

@@ -21,7 +21,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from stt_daemon.protocol import ErrorCode
+from stt_daemon.common.protocol import ErrorCode
 
 SAMPLE_RATE = 16000
 

@@ -30,8 +30,8 @@ from typing import Literal
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from stt_daemon.blobs import BlobStore
-from stt_daemon.protocol import InboundJob, Segment
+from stt_daemon.common.blobs import BlobStore
+from stt_daemon.common.protocol import InboundJob, Segment
 
 log = structlog.get_logger("stt_daemon.checkpoints")
 

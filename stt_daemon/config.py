@@ -1,4 +1,4 @@
-"""Settings (pydantic-settings, env prefix ``STT_``, also read from ``.env``)."""
+"""The daemon's settings (pydantic-settings, env prefix ``STT_``, also read from ``.env``)."""
 
 from __future__ import annotations
 
@@ -6,126 +6,13 @@ import os
 import socket
 import tempfile
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, model_validator
 
-from stt_daemon.amqp import broker_user, redact, split_urls, uses_guest_remotely
-from stt_daemon.claims import ClaimSigner
-from stt_daemon.cores import usable_cores
+from stt_daemon.common.cores import usable_cores
+from stt_daemon.common.settings import CommonSettings
 from stt_daemon.speakers.model import default_model_dir
-from stt_daemon.topology import Names, QueueLimits, check_model_name
-
-
-def model_name(spec: str) -> str:
-    """The public name of a model spec: ``tiny.en``, ``name=/dir`` or ``/dir``."""
-    if "=" in spec:
-        return spec.split("=", 1)[0].strip()
-    if "/" in spec:
-        return Path(spec).name
-    return spec
-
-
-class CommonSettings(BaseSettings):
-    """Settings shared by the gateway and the daemons."""
-
-    # hide_input_in_errors: a refused URL must not print its password in the error.
-    model_config = SettingsConfigDict(
-        env_prefix="STT_", env_file=".env", extra="ignore", hide_input_in_errors=True
-    )
-
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    #: Default home of the SQLite status store and the blob directory.
-    data_dir: Path = Path("stt-data")
-    status_url: str | None = None
-    blob_url: str | None = None
-    models: Annotated[list[str], NoDecode] = ["tiny.en"]
-    max_queued: int = Field(default=1000, ge=1)
-    max_upload_mb: float = Field(default=100.0, gt=0)
-    max_audio_seconds: float = Field(default=3 * 3600.0, gt=0)
-    #: Prefix of every exchange and queue name (``stt`` gives ``stt.jobs``, ``stt.results``...).
-    namespace: str = "stt"
-    delivery_limit: int = Field(default=10, ge=2)
-    heartbeat: int = Field(default=30, ge=0)
-    publish_timeout: float = Field(default=10.0, gt=0)
-    log_level: str = "INFO"
-    log_format: Literal["auto", "json", "console"] = "auto"
-    #: Seconds between two announcements of a daemon; three missed = gone.
-    announce_interval: float = Field(default=5.0, gt=0)
-    #: Key of the HMAC that gateways put on claim checks and daemons check (the same
-    #: on all of them). Set, daemons refuse unsigned claim checks; unset, they trust
-    #: whoever may publish to the broker (stt_daemon/claims.py).
-    claim_secret: SecretStr | None = None
-
-    @property
-    def broker_user(self) -> str:
-        """The broker user this process connects as (the ``user_id`` it publishes with)."""
-        return broker_user(self.amqp_url)
-
-    @property
-    def claim_signer(self) -> ClaimSigner:
-        """Signs and checks claim checks with ``claim_secret``."""
-        secret = self.claim_secret
-        return ClaimSigner(secret.get_secret_value() if secret is not None else None)
-
-    @field_validator("amqp_url")
-    @classmethod
-    def _check_amqp_url(cls, value: str) -> str:
-        for url in split_urls(value):
-            if uses_guest_remotely(url):
-                # RabbitMQ refuses guest off loopback anyway; say why here, at start.
-                raise ValueError(
-                    f"{redact(url)} uses the default guest account on a remote host: "
-                    "guest is for local development only; create a user for this deployment"
-                )
-        return value
-
-    @field_validator("models", mode="before")
-    @classmethod
-    def _split_models(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("models")
-    @classmethod
-    def _check_models(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("at least one model is required")
-        for spec in value:
-            check_model_name(model_name(spec))
-        return value
-
-    @property
-    def model_names(self) -> list[str]:
-        """Public names of the configured models."""
-        return [model_name(spec) for spec in self.models]
-
-    @property
-    def names(self) -> Names:
-        """Broker names for this deployment."""
-        return Names(self.namespace)
-
-    @property
-    def queue_limits(self) -> QueueLimits:
-        """Arguments of the job queues."""
-        return QueueLimits(max_queued=self.max_queued, delivery_limit=self.delivery_limit)
-
-    @property
-    def resolved_status_url(self) -> str:
-        """``STT_STATUS_URL``, or SQLite under the data directory."""
-        return self.status_url or f"sqlite:///{self.data_dir.resolve() / 'status.db'}"
-
-    @property
-    def resolved_blob_url(self) -> str:
-        """``STT_BLOB_URL``, or a directory under the data directory."""
-        return self.blob_url or (self.data_dir.resolve() / "blobs").as_uri()
-
-    @property
-    def max_upload_bytes(self) -> int:
-        """Upload limit in bytes."""
-        return int(self.max_upload_mb * 1024 * 1024)
 
 
 def default_worker_name() -> str:

@@ -23,15 +23,15 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
-from stt_daemon.amqp import broker_user
-from stt_daemon.config import DaemonSettings
-from stt_daemon.engine import Engine
-from stt_daemon.protocol import (
+from stt_daemon.common.amqp import broker_user
+from stt_daemon.common.protocol import (
     JSON_CONTENT_TYPE,
     CancelRequest,
     DaemonAnnouncement,
     DecodeError,
 )
+from stt_daemon.config import DaemonSettings
+from stt_daemon.engine import Engine
 from stt_daemon.speakers.step import SpeakerStep
 
 log = structlog.get_logger("stt_daemon.control")

@@ -20,8 +20,8 @@ import numpy as np
 import structlog
 
 from stt_daemon.audio import SAMPLE_RATE, ArraySamples, Audio
+from stt_daemon.common.protocol import ResultWarning, Segment, TranscriptResult, WarningCode
 from stt_daemon.engine import Engine
-from stt_daemon.protocol import ResultWarning, Segment, TranscriptResult, WarningCode
 from stt_daemon.standin import StandInEngine
 from stt_daemon.vad import speech_timestamps
 

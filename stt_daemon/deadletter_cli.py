@@ -21,8 +21,8 @@ from urllib.parse import unquote, urlparse
 import aio_pika
 from aio_pika.abc import AbstractChannel
 
-from stt_daemon import amqp
-from stt_daemon.blobs import BlobStore
+from stt_daemon.common import amqp
+from stt_daemon.common.blobs import BlobStore
 from stt_daemon.config import DaemonSettings
 from stt_daemon.deadletters import DeadLetter, describe, purge, replay, sweep, take_all
 

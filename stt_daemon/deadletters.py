@@ -36,8 +36,8 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from pydantic import BaseModel, ValidationError
 
-from stt_daemon.blobs import BlobError, BlobStore
-from stt_daemon.protocol import AudioRef, DecodeError, ErrorInfo, InboundJob, decode_job
+from stt_daemon.common.blobs import BlobError, BlobStore
+from stt_daemon.common.protocol import AudioRef, DecodeError, ErrorInfo, InboundJob, decode_job
 from stt_daemon.quarantine import copy_of
 
 log = structlog.get_logger("stt_daemon.deadletters")

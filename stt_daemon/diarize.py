@@ -12,8 +12,8 @@ import threading
 from collections.abc import Sequence
 
 from stt_daemon.audio import PcmFile
+from stt_daemon.common.protocol import JobOptions, Segment, TranscriptResult
 from stt_daemon.engine import Engine, ProgressCallback
-from stt_daemon.protocol import JobOptions, Segment, TranscriptResult
 
 
 def speaker_label(channel: int) -> str:

@@ -16,12 +16,12 @@ from typing import Any, Protocol
 from stt_daemon import features
 from stt_daemon.audio import SAMPLE_RATE, ArraySamples, Samples
 from stt_daemon.checkpoints import Tracker
-from stt_daemon.cores import usable_cores
+from stt_daemon.common.cores import usable_cores
+from stt_daemon.common.liveprotocol import LiveReply, LiveWord, WindowOptions
+from stt_daemon.common.protocol import JobOptions, Segment, TranscriptResult, Word
 from stt_daemon.features import WindowedFeatures
 from stt_daemon.live import LiveGate
-from stt_daemon.liveprotocol import LiveReply, LiveWord, WindowOptions
 from stt_daemon.models import ModelRef
-from stt_daemon.protocol import JobOptions, Segment, TranscriptResult, Word
 from stt_daemon.vad import speech_timestamps
 
 

@@ -11,7 +11,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aio_pika.exceptions import AMQPError, DeliveryError
 from pamqp.commands import Basic
 
-from stt_daemon.protocol import JSON_CONTENT_TYPE, EventType, JobEvent
+from stt_daemon.common.protocol import JSON_CONTENT_TYPE, EventType, JobEvent
 
 log = structlog.get_logger("stt_daemon.events")
 

@@ -41,10 +41,9 @@ from pamqp.commands import Basic
 from pydantic import BaseModel
 
 from stt_daemon.audio import SAMPLE_RATE, Audio, PcmFile
-from stt_daemon.blobs import BlobStore
-from stt_daemon.claims import ClaimSigner
-from stt_daemon.engine import Engine
-from stt_daemon.protocol import (
+from stt_daemon.common.blobs import BlobStore
+from stt_daemon.common.claims import ClaimSigner
+from stt_daemon.common.protocol import (
     JSON_CONTENT_TYPE,
     InboundJob,
     JobMessage,
@@ -54,6 +53,7 @@ from stt_daemon.protocol import (
     VoicePrintsWire,
     Word,
 )
+from stt_daemon.engine import Engine
 from stt_daemon.provenance import copy_headers
 from stt_daemon.splitting import Span, pauses, plan_parts
 

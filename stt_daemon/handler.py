@@ -20,19 +20,9 @@ from aio_pika.abc import AbstractIncomingMessage
 from stt_daemon import coverage
 from stt_daemon.admission import Admission
 from stt_daemon.audio import AudioError, PcmFile
-from stt_daemon.blobs import BlobError, BlobStore
 from stt_daemon.checkpoints import CheckpointStore, Tracker
-from stt_daemon.config import DaemonSettings
-from stt_daemon.control import Cancellations
-from stt_daemon.diarize import transcribe_channels
-from stt_daemon.engine import Engine, JobCancelled
-from stt_daemon.events import EventPublisher
-from stt_daemon.fanout import FanOut
-from stt_daemon.handback import Handback
-from stt_daemon.interrupts import Interrupts
-from stt_daemon.metrics import DaemonMetrics
-from stt_daemon.parts import PartRunner
-from stt_daemon.protocol import (
+from stt_daemon.common.blobs import BlobError, BlobStore
+from stt_daemon.common.protocol import (
     DecodeError,
     Diarize,
     ErrorCode,
@@ -46,6 +36,16 @@ from stt_daemon.protocol import (
     decode_job,
     utcnow,
 )
+from stt_daemon.config import DaemonSettings
+from stt_daemon.control import Cancellations
+from stt_daemon.diarize import transcribe_channels
+from stt_daemon.engine import Engine, JobCancelled
+from stt_daemon.events import EventPublisher
+from stt_daemon.fanout import FanOut
+from stt_daemon.handback import Handback
+from stt_daemon.interrupts import Interrupts
+from stt_daemon.metrics import DaemonMetrics
+from stt_daemon.parts import PartRunner
 from stt_daemon.provenance import producer_of
 from stt_daemon.quarantine import Quarantine, previous_deliveries
 from stt_daemon.recordings import load_recording

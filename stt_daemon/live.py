@@ -2,7 +2,7 @@
 
 Each model's live queue gets a consumer of its own (prefetch ``STT_LIVE_PREFETCH``).
 A window is decoded in a worker thread and answered to its ``reply_to`` (direct
-reply-to) with :class:`~stt_daemon.liveprotocol.LiveReply`, then acked; a window
+reply-to) with :class:`~stt_daemon.common.liveprotocol.LiveReply`, then acked; a window
 whose deadline has passed is acked unanswered (nobody waits for it any more).
 
 Live work must not wait behind batch jobs. :class:`LiveGate` holds batch
@@ -27,14 +27,14 @@ import numpy as np
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from stt_daemon.liveprotocol import (
+from stt_daemon.common.liveprotocol import (
     MAX_WINDOW_BYTES,
     WINDOW_CONTENT_TYPE,
     LiveReply,
     WindowOptions,
 )
+from stt_daemon.common.topology import Names
 from stt_daemon.metrics import DaemonMetrics
-from stt_daemon.topology import Names
 
 log = structlog.get_logger("stt_daemon.live")
 T = TypeVar("T")

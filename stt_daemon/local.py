@@ -25,8 +25,10 @@ from typing import Any
 import structlog
 from yarl import URL
 
-from stt_daemon.amqp import redact, split_urls
-from stt_daemon.config import DaemonSettings, model_name
+from stt_daemon.common.amqp import redact, split_urls
+from stt_daemon.common.logs import configure_logging
+from stt_daemon.common.settings import model_name
+from stt_daemon.config import DaemonSettings
 from stt_daemon.localbroker import (
     DIST_PORT_OFFSET,
     BrokerStartError,
@@ -36,7 +38,6 @@ from stt_daemon.localbroker import (
     port_problem,
 )
 from stt_daemon.localsecrets import LocalSecrets, load_or_create
-from stt_daemon.logs import configure_logging
 from stt_daemon.supervisor import Child, Signals
 
 log = structlog.get_logger("stt_local")

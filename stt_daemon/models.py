@@ -30,7 +30,7 @@ from typing import IO, Any
 
 import structlog
 
-from stt_daemon.config import model_name
+from stt_daemon.common.settings import model_name
 
 log = structlog.get_logger("stt_daemon.models")
 

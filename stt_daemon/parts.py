@@ -13,10 +13,10 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from stt_daemon.audio import PcmFile
+from stt_daemon.common.protocol import ErrorCode, EventType, InboundJob, TranscriptResult
 from stt_daemon.engine import Engine
 from stt_daemon.fanout import CannotSplit, FanOut
 from stt_daemon.metrics import DaemonMetrics
-from stt_daemon.protocol import ErrorCode, EventType, InboundJob, TranscriptResult
 from stt_daemon.settling import PermanentError, Settler, Timings
 from stt_daemon.speakers.step import Speakers
 

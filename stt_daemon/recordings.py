@@ -6,8 +6,8 @@ import io
 from pathlib import Path
 
 from stt_daemon.audio import PcmFile, decode_to_file
-from stt_daemon.blobs import BlobStore
-from stt_daemon.protocol import Diarize, InboundJob
+from stt_daemon.common.blobs import BlobStore
+from stt_daemon.common.protocol import Diarize, InboundJob
 
 
 def load_recording(

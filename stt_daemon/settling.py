@@ -23,11 +23,11 @@ from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import ChannelInvalidStateError
 
 from stt_daemon import deadletters
-from stt_daemon.blobs import BlobError, BlobStore
 from stt_daemon.checkpoints import Checkpoint, CheckpointStore
+from stt_daemon.common.blobs import BlobError, BlobStore
+from stt_daemon.common.protocol import ErrorCode, EventType, InboundJob, JobEvent, Segment
 from stt_daemon.events import EventPublisher
 from stt_daemon.handback import Handback
-from stt_daemon.protocol import ErrorCode, EventType, InboundJob, JobEvent, Segment
 
 if TYPE_CHECKING:
     from stt_daemon.engine import ProgressCallback

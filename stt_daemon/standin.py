@@ -16,9 +16,9 @@ import structlog
 
 from stt_daemon.audio import SAMPLE_RATE, Samples
 from stt_daemon.checkpoints import Tracker
+from stt_daemon.common.protocol import JobOptions, Segment, TranscriptResult
 from stt_daemon.config import DaemonSettings
 from stt_daemon.engine import Engine, JobCancelled, ProgressCallback
-from stt_daemon.protocol import JobOptions, Segment, TranscriptResult
 
 log = structlog.get_logger("stt_daemon")
 

@@ -10,8 +10,9 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
-from stt_daemon import amqp
-from stt_daemon.blobs import BlobStore
+from stt_daemon.common import amqp
+from stt_daemon.common.blobs import BlobStore
+from stt_daemon.common.topology import declare_topology
 from stt_daemon.config import DaemonSettings
 from stt_daemon.control import Cancellations, ControlPlane
 from stt_daemon.deadletters import sweep_periodically
@@ -24,7 +25,6 @@ from stt_daemon.live import LiveGate, LiveServer
 from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.quarantine import Quarantine
 from stt_daemon.speakers.step import SpeakerStep
-from stt_daemon.topology import declare_topology
 
 log = structlog.get_logger("stt_daemon.worker")
 

@@ -17,8 +17,8 @@ import threading
 from stt_daemon.__main__ import main
 from stt_daemon.audio import Samples
 from stt_daemon.checkpoints import Tracker
+from stt_daemon.common.protocol import JobOptions, TranscriptResult
 from stt_daemon.engine import ProgressCallback, WhisperEngine
-from stt_daemon.protocol import JobOptions, TranscriptResult
 
 #: A job with this prompt kills whichever daemon transcribes it.
 POISON_PROMPT = "poison: crash the worker"

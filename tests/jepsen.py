@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stack import EventTap, Gateway
-from stt_daemon.protocol import JobEvent
+from stt_daemon.common.protocol import JobEvent
 
 FINAL_EVENTS = ("job.succeeded", "job.failed", "job.cancelled")
 

@@ -21,10 +21,10 @@ import aio_pika
 import httpx
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
-from stt_daemon.claims import ClaimSigner
+from stt_daemon.common.claims import ClaimSigner
+from stt_daemon.common.protocol import JobEvent, decode_event
+from stt_daemon.common.topology import Names
 from stt_daemon.localbroker import free_port
-from stt_daemon.protocol import JobEvent, decode_event
-from stt_daemon.topology import Names
 
 REPO = Path(__file__).resolve().parent.parent
 #: The recordings the tests use, committed with them (tests/data/README.md says where they

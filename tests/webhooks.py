@@ -8,7 +8,7 @@ import aio_pika
 from aio_pika.exceptions import AMQPError
 
 from gateway.callbacks import RetryPlan
-from stt_daemon.topology import Names
+from stt_daemon.common.topology import Names
 
 
 async def forget_delay_queues(amqp_url: str, names: Names, *plans: RetryPlan) -> None:

@@ -19,8 +19,8 @@ from gateway.broker import BrokerUnavailable, QueueFull, UnroutableJob
 from gateway.errors import QUEUE_FULL_DETAIL
 from gateway.services import IdempotencyKey, ServicesDep, get_services
 from gateway.uploads import receive_upload
-from stt_daemon.blobs import BlobTooLarge
-from stt_daemon.protocol import JobStatus
+from stt_daemon.common.blobs import BlobTooLarge
+from stt_daemon.common.protocol import JobStatus
 
 # The websocket too: a refused key closes the handshake (HTTP 403) before accept().
 router = APIRouter(tags=["original API"], dependencies=[REQUIRE_KEY])

@@ -22,7 +22,7 @@ from gateway.jobfeed import (
 from gateway.services import IdempotencyKey, Services, ServicesDep
 from gateway.store import JobRecord
 from gateway.uploads import receive_upload
-from stt_daemon.protocol import ErrorInfo, JobEvent, JobStatus, TranscriptResult
+from stt_daemon.common.protocol import ErrorInfo, JobEvent, JobStatus, TranscriptResult
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[REQUIRE_KEY])
 

@@ -50,7 +50,7 @@ from gateway.jobfeed import StreamTimeout, Subscription, TooManyStreams, follow,
 from gateway.services import InvalidOptions, Services, ServicesDep
 from gateway.store import JobRecord
 from gateway.uploads import receive_upload
-from stt_daemon.protocol import (
+from stt_daemon.common.protocol import (
     MAX_SPEAKERS,
     Diarize,
     ErrorCode,

@@ -43,7 +43,7 @@ from gateway.livesession import (
 )
 from gateway.livesessions import LiveRefused
 from gateway.services import get_services
-from stt_daemon.protocol import Task
+from stt_daemon.common.protocol import Task
 
 router = APIRouter(tags=["WhisperLive"])
 log = structlog.get_logger("gateway.whisperlive")

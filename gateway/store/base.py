@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import structlog
 
-from stt_daemon.protocol import ErrorInfo, EventType, JobEvent, JobStatus, TranscriptResult
+from stt_daemon.common.protocol import ErrorInfo, EventType, JobEvent, JobStatus, TranscriptResult
 
 log = structlog.get_logger("gateway.store")
 

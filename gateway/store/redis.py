@@ -26,7 +26,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from gateway.store.base import JobRecord, advance, idempotency_ttl, owner_scope, redacted
-from stt_daemon.protocol import JobEvent, JobStatus
+from stt_daemon.common.protocol import JobEvent, JobStatus
 
 SCHEMES = ("redis", "rediss", "unix")
 _RECORD = TypeAdapter(JobRecord)

@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.store.base import JobRecord, advance, idempotency_ttl, owner_scope
 from gateway.store.dbthread import Connection
-from stt_daemon.protocol import ErrorInfo, JobEvent, JobStatus, TranscriptResult
+from stt_daemon.common.protocol import ErrorInfo, JobEvent, JobStatus, TranscriptResult
 
 #: Seconds a write waits for another process's lock on the database before giving up.
 LOCK_TIMEOUT = 5.0

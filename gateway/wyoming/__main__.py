@@ -19,7 +19,7 @@ import structlog
 
 from gateway.auth import KeyFileError, load_keys
 from gateway.config import GatewaySettings
-from stt_daemon.logs import configure_logging
+from stt_daemon.common.logs import configure_logging
 
 log = structlog.get_logger("gateway.wyoming")
 

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from stt_daemon.protocol import MAX_SPEAKERS
+from stt_daemon.common.protocol import MAX_SPEAKERS
 
 Embeddings = npt.NDArray[np.floating]
 Labels = npt.NDArray[np.int64]

@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stt_daemon.audio import SAMPLE_RATE, Samples
-from stt_daemon.protocol import JobOptions, Segment, SpeakerTurn, VoicePrintsWire
+from stt_daemon.common.protocol import JobOptions, Segment, SpeakerTurn, VoicePrintsWire
 from stt_daemon.speakers.cluster import cluster_speakers
 from stt_daemon.speakers.embedder import SpeakerEmbedder, plan_windows
 from stt_daemon.speakers.turns import assign_speakers, speaker_name

@@ -25,11 +25,7 @@ from typing import TypeVar
 import structlog
 
 from stt_daemon.audio import Samples
-from stt_daemon.config import DaemonSettings
-from stt_daemon.engine import JobCancelled
-from stt_daemon.metrics import DaemonMetrics
-from stt_daemon.niceness import in_niced_thread
-from stt_daemon.protocol import (
+from stt_daemon.common.protocol import (
     Diarize,
     ErrorCode,
     InboundJob,
@@ -37,6 +33,10 @@ from stt_daemon.protocol import (
     TranscriptResult,
     VoicePrintsWire,
 )
+from stt_daemon.config import DaemonSettings
+from stt_daemon.engine import JobCancelled
+from stt_daemon.metrics import DaemonMetrics
+from stt_daemon.niceness import in_niced_thread
 from stt_daemon.settling import PermanentError, Timings
 from stt_daemon.speakers.diarizer import Diarizer, VoicePrints
 from stt_daemon.speakers.embedder import SpeakerEmbedder

@@ -12,7 +12,7 @@ import bisect
 import itertools
 from collections.abc import Sequence
 
-from stt_daemon.protocol import Segment, SpeakerTurn
+from stt_daemon.common.protocol import Segment, SpeakerTurn
 
 
 def speaker_name(index: int) -> str:

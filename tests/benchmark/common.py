@@ -20,8 +20,8 @@ import httpx
 
 from stack import Stack
 from stt_daemon.audio import SAMPLE_RATE, decode
-from stt_daemon.protocol import decode_event
-from stt_daemon.topology import Names
+from stt_daemon.common.protocol import decode_event
+from stt_daemon.common.topology import Names
 
 FINAL_EVENTS = ("job.succeeded", "job.failed", "job.cancelled")
 

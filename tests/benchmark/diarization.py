@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stt_daemon.protocol import Diarize, JobOptions, Segment, SpeakerTurn, Word
+from stt_daemon.common.protocol import Diarize, JobOptions, Segment, SpeakerTurn, Word
 
 if TYPE_CHECKING:
     from common import Context, Row

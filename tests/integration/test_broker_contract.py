@@ -14,8 +14,8 @@ from aio_pika.abc import AbstractChannel
 
 from audiofiles import repeated
 from stack import HOTWORDS, JFK, JFK_WORDS, Stack, drain_dead_letters, event_tap, normalise
-from stt_daemon.protocol import SCHEMA_VERSION, decode_event
-from stt_daemon.topology import QueueLimits, declare_topology
+from stt_daemon.common.protocol import SCHEMA_VERSION, decode_event
+from stt_daemon.common.topology import QueueLimits, declare_topology
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ async def test_claim_check_producer_and_gateway_sees_the_job(
     """A JSON job naming a blob in the shared store; the recorder records it for polling.
 
     The deployment signs claim checks (STT_CLAIM_SECRET): a trusted internal producer
-    signs its own with the shared secret (stt_daemon.claims.ClaimSigner).
+    signs its own with the shared secret (stt_daemon.common.claims.ClaimSigner).
     """
     gw = await stack.gateway()
     await stack.daemon()

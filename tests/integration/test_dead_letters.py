@@ -22,8 +22,8 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from stack import JFK, REPO, Stack, event_tap
+from stt_daemon.common.protocol import JSON_CONTENT_TYPE, AudioRef, JobMessage, JobOptions
 from stt_daemon.deadletters import mark_path
-from stt_daemon.protocol import JSON_CONTENT_TYPE, AudioRef, JobMessage, JobOptions
 
 pytestmark = pytest.mark.integration
 

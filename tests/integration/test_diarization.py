@@ -26,9 +26,9 @@ from speakeraudio import Recording, Turn, parse_rttm, pyannote_sample, three_voi
 
 from stack import JFK, JFK_WORDS, Gateway, Proc, Stack, normalise
 from stt_daemon.audio import SAMPLE_RATE, ArraySamples
-from stt_daemon.protocol import decode_event
+from stt_daemon.common.protocol import decode_event
+from stt_daemon.common.topology import QueueLimits, declare_topology
 from stt_daemon.splitting import pauses, plan_parts
-from stt_daemon.topology import QueueLimits, declare_topology
 
 pytestmark = pytest.mark.integration
 

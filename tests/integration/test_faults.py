@@ -23,7 +23,7 @@ from audiofiles import long_talk, repeated
 from crashing_daemon import CRASH_EXIT_CODE, POISON_PROMPT
 from jepsen import check_history
 from stack import JFK, EventTap, Proc, Stack, drain_dead_letters, event_tap, normalise
-from stt_daemon.protocol import JobEvent
+from stt_daemon.common.protocol import JobEvent
 from wer import word_error_rate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults]

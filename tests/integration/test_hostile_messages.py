@@ -16,8 +16,8 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from stack import JFK, Stack, drain_dead_letters, event_tap
-from stt_daemon.protocol import SCHEMA_VERSION
-from stt_daemon.topology import QueueLimits, declare_topology
+from stt_daemon.common.protocol import SCHEMA_VERSION
+from stt_daemon.common.topology import QueueLimits, declare_topology
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from stack import JFK, JFK_WORDS, Stack, normalise
+from stt_daemon.common.topology import QueueLimits, declare_topology
 from stt_daemon.localbroker import free_port
-from stt_daemon.topology import QueueLimits, declare_topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.both_stores]
 

@@ -13,7 +13,7 @@ from aio_pika.abc import AbstractChannel
 from faster_whisper import decode_audio
 
 from stack import JFK, Stack, normalise
-from stt_daemon.liveprotocol import WINDOW_CONTENT_TYPE, LiveReply, WindowOptions
+from stt_daemon.common.liveprotocol import WINDOW_CONTENT_TYPE, LiveReply, WindowOptions
 
 pytestmark = pytest.mark.integration
 

@@ -26,8 +26,8 @@ from aiormq.exceptions import ChannelAccessRefused
 
 from stack import JFK, REPO, Proc, normalise, stt
 from stt_daemon import localbroker
+from stt_daemon.common.protocol import decode_event
 from stt_daemon.localbroker import free_port, port_problem
-from stt_daemon.protocol import decode_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -22,8 +22,8 @@ from webhooks import forget_delay_queues
 
 from gateway.callbacks import RetryPlan
 from stack import JFK, Stack
-from stt_daemon.amqp import broker_user
-from stt_daemon.protocol import (
+from stt_daemon.common.amqp import broker_user
+from stt_daemon.common.protocol import (
     JSON_CONTENT_TYPE,
     EventType,
     JobEvent,

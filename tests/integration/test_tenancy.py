@@ -23,7 +23,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError
 
 from stack import HOTWORDS, JFK, Gateway, Stack, event_tap, normalise
-from stt_daemon.protocol import SCHEMA_VERSION, decode_event
+from stt_daemon.common.protocol import SCHEMA_VERSION, decode_event
 
 pytestmark = pytest.mark.integration
 

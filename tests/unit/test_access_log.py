@@ -24,8 +24,8 @@ from gateway.routes import compat, jobs, openai
 from gateway.services import Services
 from gateway.store import JobRecord
 from gateway.store.base import advance
-from stt_daemon.blobs import BlobStore
-from stt_daemon.protocol import EventType, JobEvent, JobMessage, TranscriptResult
+from stt_daemon.common.blobs import BlobStore
+from stt_daemon.common.protocol import EventType, JobEvent, JobMessage, TranscriptResult
 
 AUDIO = ("a.wav", b"RIFF....WAVE")
 
@@ -204,7 +204,7 @@ def test_uvicorn_writes_no_access_line_of_its_own() -> None:
     # anywhere up the tree (hasHandlers), whatever access_log says.
     import logging
 
-    from stt_daemon.logs import configure_logging
+    from stt_daemon.common.logs import configure_logging
 
     configure_logging("INFO", "json")
     assert not logging.getLogger("uvicorn.access").hasHandlers()

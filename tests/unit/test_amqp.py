@@ -6,7 +6,13 @@ import pytest
 from pydantic import ValidationError
 from yarl import URL
 
-from stt_daemon.amqp import ClusterConnection, connect, redact, split_urls, uses_guest_remotely
+from stt_daemon.common.amqp import (
+    ClusterConnection,
+    connect,
+    redact,
+    split_urls,
+    uses_guest_remotely,
+)
 from stt_daemon.config import DaemonSettings
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from stack import JFK
 from stt_daemon.audio import SAMPLE_RATE, AudioError, decode
-from stt_daemon.protocol import ErrorCode
+from stt_daemon.common.protocol import ErrorCode
 
 
 def _silence(path: Path, seconds: int) -> None:

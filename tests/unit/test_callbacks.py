@@ -26,8 +26,8 @@ from gateway.callbacks import (
 from gateway.config import GatewaySettings
 from gateway.egress import EgressPolicy
 from gateway.webhook_http import GuardedTransport
-from stt_daemon.protocol import EventType, JobEvent, JobOptions
-from stt_daemon.topology import Names
+from stt_daemon.common.protocol import EventType, JobEvent, JobOptions
+from stt_daemon.common.topology import Names
 
 
 def event_for(url: str, job_id: str = "j1") -> JobEvent:

@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 
 from stt_daemon.audio import ArraySamples
-from stt_daemon.blobs import BlobStore
 from stt_daemon.checkpoints import Checkpoint, CheckpointStore, Tracker, fingerprint
-from stt_daemon.protocol import AudioRef, InboundJob, JobMessage, JobOptions, PartInfo, Segment
+from stt_daemon.common.blobs import BlobStore
+from stt_daemon.common.protocol import (
+    AudioRef,
+    InboundJob,
+    JobMessage,
+    JobOptions,
+    PartInfo,
+    Segment,
+)
 from stt_daemon.standin import StandInEngine
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stt_daemon.claims import SIGNATURE_HEADER, ClaimSigner
+from stt_daemon.common.claims import SIGNATURE_HEADER, ClaimSigner
 
 BODY = b'{"schema_version":1,"job_id":"j1","audio":{"url":"blob:a.flac","sha256":"00"}}'
 

@@ -10,10 +10,10 @@ from pydantic import ValidationError
 
 from gateway.__main__ import parse_args
 from gateway.config import GatewaySettings
+from stt_daemon.common.cores import quota_cores, usable_cores
+from stt_daemon.common.topology import Names, broker_max_length
 from stt_daemon.config import DaemonSettings, default_prefetch
-from stt_daemon.cores import quota_cores, usable_cores
 from stt_daemon.models import ModelNotFound, resolve
-from stt_daemon.topology import Names, broker_max_length
 
 
 def test_jobs_in_flight_grow_with_the_cores() -> None:

@@ -9,8 +9,8 @@ import pytest
 
 from stt_daemon import coverage, vad
 from stt_daemon.audio import SAMPLE_RATE
+from stt_daemon.common.protocol import Segment, TranscriptResult, WarningCode, Word
 from stt_daemon.coverage import Span
-from stt_daemon.protocol import Segment, TranscriptResult, WarningCode, Word
 from stt_daemon.standin import StandInEngine
 
 

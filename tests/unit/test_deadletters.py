@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 
 from stt_daemon import deadletter_cli, deadletters
-from stt_daemon.blobs import BlobStore
-from stt_daemon.deadletters import describe, mark_path, read_mark, replay, sweep
-from stt_daemon.protocol import (
+from stt_daemon.common.blobs import BlobStore
+from stt_daemon.common.protocol import (
     AudioRef,
     ErrorCode,
     ErrorInfo,
@@ -29,6 +28,7 @@ from stt_daemon.protocol import (
     JobMessage,
     JobOptions,
 )
+from stt_daemon.deadletters import describe, mark_path, read_mark, replay, sweep
 from stt_daemon.quarantine import ATTEMPTS_HEADER
 from stt_daemon.settling import Settler
 

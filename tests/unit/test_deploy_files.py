@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from gateway.config import GatewaySettings
-from stt_daemon.config import CommonSettings, DaemonSettings
+from stt_daemon.common.settings import CommonSettings
+from stt_daemon.config import DaemonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"

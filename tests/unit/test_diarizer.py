@@ -26,7 +26,7 @@ from benchmark.diarization import (
 from speakeraudio import JFK, ROOT, pyannote_sample, three_voices
 
 from stt_daemon.audio import SAMPLE_RATE, ArraySamples, PcmFile, decode
-from stt_daemon.protocol import (
+from stt_daemon.common.protocol import (
     Diarize,
     JobOptions,
     Segment,

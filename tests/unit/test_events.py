@@ -7,8 +7,8 @@ from typing import Any
 import aio_pika
 import pytest
 
+from stt_daemon.common.protocol import EventType, JobEvent, decode_event
 from stt_daemon.events import EventPublisher, event_message
-from stt_daemon.protocol import EventType, JobEvent, decode_event
 
 
 class RecordingExchange:

@@ -14,10 +14,8 @@ from pamqp.commands import Basic
 
 from stack import JFK
 from stt_daemon.audio import SAMPLE_RATE, PcmFile, decode
-from stt_daemon.blobs import BlobStore
-from stt_daemon.control import Cancellations
-from stt_daemon.fanout import CannotSplit, FanOut, Manifest, merge, wav_bytes
-from stt_daemon.protocol import (
+from stt_daemon.common.blobs import BlobStore
+from stt_daemon.common.protocol import (
     InboundJob,
     JobMessage,
     JobOptions,
@@ -27,6 +25,8 @@ from stt_daemon.protocol import (
     TranscriptResult,
     Word,
 )
+from stt_daemon.control import Cancellations
+from stt_daemon.fanout import CannotSplit, FanOut, Manifest, merge, wav_bytes
 
 
 class Exchange:

@@ -9,8 +9,8 @@ import av
 import pytest
 
 from gateway.formats import ResultFormat, render, timestamp, to_verbose_json
+from stt_daemon.common.protocol import Segment, TranscriptResult, VoicePrintsWire, Word
 from stt_daemon.diarize import merge
-from stt_daemon.protocol import Segment, TranscriptResult, VoicePrintsWire, Word
 
 RESULT = TranscriptResult(
     text="Hello there. Second line.",

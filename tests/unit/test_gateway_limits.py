@@ -19,7 +19,7 @@ from gateway.config import GatewaySettings
 from gateway.limits import MAX_HEADER_BYTES, GuardedH11Protocol, uvicorn_options
 from gateway.uploads import MAX_FIELDS, Upload, receive_upload
 from gateway.wsframes import FrameSplitter
-from stt_daemon.blobs import BlobStore
+from stt_daemon.common.blobs import BlobStore
 
 BOUNDARY = b"b0undary"
 

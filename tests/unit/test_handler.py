@@ -15,10 +15,10 @@ import pytest
 from aio_pika.exceptions import ChannelInvalidStateError
 
 from stack import JFK
-from stt_daemon.blobs import BlobStore
+from stt_daemon.common.blobs import BlobStore
+from stt_daemon.common.protocol import JobEvent, JobOptions, Segment, TranscriptResult
 from stt_daemon.config import DaemonSettings
 from stt_daemon.handler import JobHandler
-from stt_daemon.protocol import JobEvent, JobOptions, Segment, TranscriptResult
 from stt_daemon.standin import StandInEngine
 
 
@@ -264,7 +264,7 @@ async def test_a_job_whose_channel_closed_while_it_ran_publishes_no_result(
 def _part_message(
     tmp_path: Path, log: list[str], index: int, blob: str = "missing.wav"
 ) -> FakeMessage:
-    from stt_daemon.protocol import AudioRef, JobMessage, PartInfo
+    from stt_daemon.common.protocol import AudioRef, JobMessage, PartInfo
 
     ref = AudioRef(url=(tmp_path / "b" / blob).as_uri(), sha256="0" * 64, size=10)
     job = JobMessage(

@@ -11,8 +11,7 @@ import pytest
 from gateway import jobfeed
 from gateway.jobfeed import JobFeed, StreamTimeout, TooManyStreams, final_event, follow
 from gateway.store import JobRecord
-from stt_daemon.events import event_message
-from stt_daemon.protocol import (
+from stt_daemon.common.protocol import (
     ErrorCode,
     ErrorInfo,
     EventType,
@@ -20,7 +19,8 @@ from stt_daemon.protocol import (
     JobStatus,
     TranscriptResult,
 )
-from stt_daemon.topology import Names
+from stt_daemon.common.topology import Names
+from stt_daemon.events import event_message
 
 RESULT = TranscriptResult(text="hello", duration=1.0, model="tiny.en", segments=[])
 

@@ -21,8 +21,9 @@ from unit.test_deploy_files import Stage, instructions, parse_dockerfile
 from gateway.__main__ import parse_args
 from gateway.app import create_app
 from gateway.config import GatewaySettings
-from stt_daemon.config import CommonSettings, DaemonSettings, model_name
-from stt_daemon.topology import Names
+from stt_daemon.common.settings import CommonSettings, model_name
+from stt_daemon.common.topology import Names
+from stt_daemon.config import DaemonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"

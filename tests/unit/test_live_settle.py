@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.livesession import Hypothesis, LiveLimits, LiveSession, SessionOptions
-from stt_daemon.liveprotocol import LiveReply, LiveWord, WindowOptions
+from stt_daemon.common.liveprotocol import LiveReply, LiveWord, WindowOptions
 
 SECOND = b"\x10\x10" * 16000  # a second of (quiet but non-zero) PCM16
 

@@ -21,12 +21,8 @@ from gateway.broker import QueueFull
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.requestid import RequestIdMiddleware, current_request_id
 from stack import JFK
-from stt_daemon.blobs import BlobStore
-from stt_daemon.config import DaemonSettings
-from stt_daemon.handler import JobHandler
-from stt_daemon.localbroker import free_port
-from stt_daemon.metrics import DaemonMetrics
-from stt_daemon.protocol import (
+from stt_daemon.common.blobs import BlobStore
+from stt_daemon.common.protocol import (
     ErrorCode,
     ErrorInfo,
     EventType,
@@ -35,6 +31,10 @@ from stt_daemon.protocol import (
     Segment,
     TranscriptResult,
 )
+from stt_daemon.config import DaemonSettings
+from stt_daemon.handler import JobHandler
+from stt_daemon.localbroker import free_port
+from stt_daemon.metrics import DaemonMetrics
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

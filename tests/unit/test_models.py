@@ -282,7 +282,7 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from stt_daemon import models
-from stt_daemon.logs import configure_logging
+from stt_daemon.common.logs import configure_logging
 configure_logging("INFO", "json")
 name = sys.argv[2]
 models.BUNDLED[name] = models.SplitModel(name, name + "-1", name + "-2", extra="fake")

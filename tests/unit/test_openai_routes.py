@@ -20,8 +20,8 @@ from gateway.routes import openai
 from gateway.services import Services
 from gateway.store import JobRecord
 from gateway.store.base import advance
-from stt_daemon.blobs import BlobStore
-from stt_daemon.protocol import (
+from stt_daemon.common.blobs import BlobStore
+from stt_daemon.common.protocol import (
     Diarize,
     ErrorCode,
     ErrorInfo,

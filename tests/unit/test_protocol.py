@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from stt_daemon.protocol import (
+from stt_daemon.common.protocol import (
     SCHEMA_VERSION,
     DecodeError,
     EventType,
@@ -113,8 +113,8 @@ def test_a_result_without_a_language_survives_the_wire() -> None:
     # Silence per channel detects no language; events are sent without their None
     # fields, and the recorder once refused such a final event, leaving the job
     # "processing" for ever.
+    from stt_daemon.common.protocol import EventType, JobEvent, TranscriptResult, decode_event
     from stt_daemon.events import event_message
-    from stt_daemon.protocol import EventType, JobEvent, TranscriptResult, decode_event
 
     result = TranscriptResult(text="", language=None, duration=600.0, model="tiny.en", segments=[])
     event = JobEvent(event=EventType.SUCCEEDED, job_id="j", result=result)

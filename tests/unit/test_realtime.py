@@ -36,8 +36,8 @@ from gateway.livesession import (
 from gateway.livesessions import LiveRefused
 from gateway.routes import realtime
 from gateway.services import Services
-from stt_daemon.blobs import BlobStore
-from stt_daemon.protocol import TranscriptResult
+from stt_daemon.common.blobs import BlobStore
+from stt_daemon.common.protocol import TranscriptResult
 
 Script = list[tuple[float, LiveEvent]]
 URL = "/v1/realtime?intent=transcription"

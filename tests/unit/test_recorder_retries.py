@@ -14,8 +14,8 @@ from structlog.testing import capture_logs
 
 from gateway.config import GatewaySettings
 from gateway.recorder import Recorder
-from stt_daemon.protocol import EventType, JobEvent
-from stt_daemon.topology import Names
+from stt_daemon.common.protocol import EventType, JobEvent
+from stt_daemon.common.topology import Names
 
 EVENT = JobEvent(event=EventType.STARTED, job_id="job-7", model="tiny.en", attempt=1)
 

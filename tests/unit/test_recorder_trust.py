@@ -18,8 +18,8 @@ from gateway.callback_delays import DelayQueues
 from gateway.callbacks import CallbackSender, RetryPlan
 from gateway.config import GatewaySettings
 from gateway.recorder import Recorder, trusted_publishers
-from stt_daemon.protocol import EventType, JobEvent, JobOptions
-from stt_daemon.topology import Names
+from stt_daemon.common.protocol import EventType, JobEvent, JobOptions
+from stt_daemon.common.topology import Names
 
 EVENT = JobEvent(
     event=EventType.SUCCEEDED,

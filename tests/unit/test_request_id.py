@@ -21,7 +21,7 @@ from gateway.config import GatewaySettings
 from gateway.fleet import Fleet
 from gateway.services import Services
 from gateway.store import JobRecord, StoreBusy
-from stt_daemon.blobs import BlobStore
+from stt_daemon.common.blobs import BlobStore
 
 SECRET = "s3cret-token-in-the-exception"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from stt_daemon import roles
-from stt_daemon.topology import Names
+from stt_daemon.common.topology import Names
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,7 @@ from gateway.formats import (
     to_diarized_json,
     to_verbose_json,
 )
-from stt_daemon.protocol import Segment, SpeakerTurn, TranscriptResult, Word
+from stt_daemon.common.protocol import Segment, SpeakerTurn, TranscriptResult, Word
 
 
 def word(start: float, end: float, text: str, speaker: str) -> Word:

@@ -22,13 +22,8 @@ from gateway.config import GatewaySettings
 from gateway.fleet import Fleet, Seen
 from gateway.services import Services
 from stack import JFK
-from stt_daemon.blobs import BlobStore
-from stt_daemon.config import DaemonSettings
-from stt_daemon.control import Cancellations, ControlPlane
-from stt_daemon.fanout import FanOut, Manifest
-from stt_daemon.handler import JobHandler
-from stt_daemon.metrics import DaemonMetrics
-from stt_daemon.protocol import (
+from stt_daemon.common.blobs import BlobStore
+from stt_daemon.common.protocol import (
     DaemonAnnouncement,
     ErrorCode,
     JobEvent,
@@ -40,6 +35,12 @@ from stt_daemon.protocol import (
     TranscriptResult,
     Word,
 )
+from stt_daemon.common.topology import Names
+from stt_daemon.config import DaemonSettings
+from stt_daemon.control import Cancellations, ControlPlane
+from stt_daemon.fanout import FanOut, Manifest
+from stt_daemon.handler import JobHandler
+from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.settling import PermanentError
 from stt_daemon.speakers.diarizer import Diarizer, VoicePrints
 from stt_daemon.speakers.model import default_model_dir
@@ -50,7 +51,6 @@ from stt_daemon.speakers.step import (
     load_speakers,
     transcription_options,
 )
-from stt_daemon.topology import Names
 
 
 @dataclass

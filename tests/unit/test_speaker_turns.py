@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stt_daemon.protocol import Segment, SpeakerTurn, Word
+from stt_daemon.common.protocol import Segment, SpeakerTurn, Word
 from stt_daemon.speakers.turns import assign_speakers, speaker_name
 
 

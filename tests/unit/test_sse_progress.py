@@ -7,8 +7,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from stt_daemon.blobs import BlobStore
-from stt_daemon.protocol import EventType, InboundJob, JobEvent, JobMessage, Segment
+from stt_daemon.common.blobs import BlobStore
+from stt_daemon.common.protocol import EventType, InboundJob, JobEvent, JobMessage, Segment
 from stt_daemon.settling import Settler
 
 

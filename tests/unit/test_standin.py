@@ -12,9 +12,9 @@ import pytest
 from pydantic import ValidationError
 
 from stt_daemon.audio import SAMPLE_RATE, ArraySamples
+from stt_daemon.common.protocol import JobOptions
 from stt_daemon.config import DaemonSettings
 from stt_daemon.engine import JobCancelled
-from stt_daemon.protocol import JobOptions
 from stt_daemon.standin import StandInEngine
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.store.base import JobRecord, advance
-from stt_daemon.protocol import EventType, JobEvent, JobStatus
+from stt_daemon.common.protocol import EventType, JobEvent, JobStatus
 
 
 def _event(kind: EventType, attempt: int, progress: float | None = None) -> JobEvent:

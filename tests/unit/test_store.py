@@ -20,8 +20,7 @@ from pydantic import ValidationError
 from gateway.config import GatewaySettings
 from gateway.store import JobRecord, StatusStore, StoreBusy, open_store, redacted
 from gateway.store.sqlite import SQLiteStore
-from stt_daemon.localbroker import free_port
-from stt_daemon.protocol import (
+from stt_daemon.common.protocol import (
     ErrorCode,
     ErrorInfo,
     EventType,
@@ -29,6 +28,7 @@ from stt_daemon.protocol import (
     JobStatus,
     TranscriptResult,
 )
+from stt_daemon.localbroker import free_port
 
 RESULT = TranscriptResult(text="hello", language="en", duration=1.0, model="tiny.en", segments=[])
 

@@ -19,8 +19,8 @@ from gateway.fleet import Fleet
 from gateway.routes import jobs
 from gateway.services import Services
 from gateway.store import StatusStore, open_store
-from stt_daemon.blobs import BlobStore
-from stt_daemon.protocol import (
+from stt_daemon.common.blobs import BlobStore
+from stt_daemon.common.protocol import (
     ErrorCode,
     ErrorInfo,
     EventType,

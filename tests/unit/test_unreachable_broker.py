@@ -9,7 +9,7 @@ import time
 import pytest
 from structlog.testing import capture_logs
 
-from stt_daemon.amqp import addresses
+from stt_daemon.common.amqp import addresses
 from stt_daemon.config import DaemonSettings
 from stt_daemon.worker import StopRequested, connect
 

@@ -21,11 +21,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway.fleet import Fleet
+from stt_daemon.common.protocol import DaemonAnnouncement
+from stt_daemon.common.topology import Names
 from stt_daemon.config import DaemonSettings
 from stt_daemon.control import Cancellations, ControlPlane, Outage
 from stt_daemon.metrics import DaemonMetrics, LoopWatchdog
-from stt_daemon.protocol import DaemonAnnouncement
-from stt_daemon.topology import Names
 
 
 def _free_port() -> int:

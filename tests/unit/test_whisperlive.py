@@ -31,8 +31,8 @@ from gateway.routes.whisperlive import (
     to_pcm16,
 )
 from gateway.store import open_store
-from stt_daemon.liveprotocol import LiveReply, LiveWord, WindowOptions
-from stt_daemon.protocol import Task
+from stt_daemon.common.liveprotocol import LiveReply, LiveWord, WindowOptions
+from stt_daemon.common.protocol import Task
 
 MODELS = ["tiny.en", "base"]
 

@@ -50,7 +50,7 @@ from gateway.wyoming.framing import (
 from gateway.wyoming.handler import WyomingContext, WyomingHandler
 from gateway.wyoming.server import drain
 from gateway.wyoming.transcription import AudioFormat, StreamedText, Transcription
-from stt_daemon.protocol import TranscriptResult
+from stt_daemon.common.protocol import TranscriptResult
 
 # -- framing -----------------------------------------------------------------
 

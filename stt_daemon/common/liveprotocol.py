@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stt_daemon.protocol import SCHEMA_VERSION, Segment, Task, TranscriptResult, utcnow
+from stt_daemon.common.protocol import SCHEMA_VERSION, Segment, Task, TranscriptResult, utcnow
 
 #: Raw PCM: 16-bit little-endian signed, mono, 16 kHz.
 WINDOW_CONTENT_TYPE = "audio/x-stt-pcm16; rate=16000"

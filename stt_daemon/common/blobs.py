@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from stt_daemon.protocol import AudioRef, ErrorCode
+from stt_daemon.common.protocol import AudioRef, ErrorCode
 
 _CHUNK = 1024 * 1024
 
