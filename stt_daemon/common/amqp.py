@@ -19,6 +19,8 @@ from aio_pika import RobustConnection
 from aio_pika.abc import AbstractRobustConnection
 from yarl import URL
 
+from stt_daemon.common.urls import redact as redact  # its home; re-exported for callers
+
 #: Hosts where the default ``guest`` account is acceptable (RabbitMQ allows it on loopback only).
 _LOCAL_HOSTS = {"localhost", ""}
 
@@ -33,12 +35,6 @@ def split_urls(value: str) -> list[str]:
         if scheme not in ("amqp", "amqps"):
             raise ValueError(f"STT_AMQP_URL: {redact(url)!r} is not an amqp:// or amqps:// URL")
     return urls
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs and errors."""
-    parsed = URL(url)
-    return str(parsed.with_password("***")) if parsed.password else url
 
 
 def addresses(value: str) -> list[str]:
