@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from gateway.store.base import JobRecord, StatusStore, purge_periodically, redacted
+from gateway.store.base import JobRecord, StatusStore, purge_periodically
 from gateway.store.dbthread import StoreBusy
 from gateway.store.redis import SCHEMES as REDIS_SCHEMES
 from gateway.store.redis import RedisStore
 from gateway.store.redis import check_url as check_redis_url
 from gateway.store.sqlite import SQLiteStore
+from stt_daemon.common.urls import redact
+
+#: The name the gateway's modules know ``redact`` by.
+redacted = redact
 
 _HINT = "use sqlite:///path/to/status.db or redis://host:6379/0 (also rediss://, unix://)"
 
@@ -19,11 +23,11 @@ def check_status_url(url: str) -> str:
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
         if not url.startswith("sqlite:///") or url == "sqlite:///":
-            raise ValueError(f"invalid STT_STATUS_URL {redacted(url)!r}: {_HINT}")
+            raise ValueError(f"invalid STT_STATUS_URL {redact(url)!r}: {_HINT}")
     elif scheme in REDIS_SCHEMES:
         check_redis_url(url)
     else:
-        raise ValueError(f"unsupported STT_STATUS_URL {redacted(url)!r}: {_HINT}")
+        raise ValueError(f"unsupported STT_STATUS_URL {redact(url)!r}: {_HINT}")
     return url
 
 

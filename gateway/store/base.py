@@ -7,7 +7,6 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
-from urllib.parse import urlparse
 
 import structlog
 
@@ -183,16 +182,6 @@ class StatusStore(Protocol):
     async def close(self) -> None:
         """Release connections."""
         ...
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for logs."""
-    parsed = urlparse(url)
-    if not parsed.password:
-        return url
-    netloc = parsed.netloc.rsplit("@", 1)[1]
-    user = f"{parsed.username}:" if parsed.username else ":"
-    return parsed._replace(netloc=f"{user}***@{netloc}").geturl()
 
 
 def owner_scope(owner: str | None) -> str:

@@ -25,8 +25,9 @@ from pydantic import TypeAdapter
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from gateway.store.base import JobRecord, advance, idempotency_ttl, owner_scope, redacted
+from gateway.store.base import JobRecord, advance, idempotency_ttl, owner_scope
 from stt_daemon.common.protocol import JobEvent, JobStatus
+from stt_daemon.common.urls import redact
 
 SCHEMES = ("redis", "rediss", "unix")
 _RECORD = TypeAdapter(JobRecord)
@@ -51,7 +52,7 @@ class StoreConflict(RuntimeError):
 
 def check_url(url: str) -> None:
     """Raise ValueError naming the problem unless ``url`` is a usable Redis URL."""
-    parsed, shown = urlparse(url), redacted(url)
+    parsed, shown = urlparse(url), redact(url)
     hint = "use redis://host:6379/0, rediss://host:6380/0 or unix:///path/redis.sock?db=0"
     if parsed.scheme not in SCHEMES:
         raise ValueError(f"invalid STT_STATUS_URL {shown!r}: {hint}")
