@@ -7,7 +7,9 @@ when it was first shown (in a tentative tail or committed) and when it was
 committed, against when its audio had been sent. The comparison, in the same run:
 faster-whisper itself transcribing the whole recording offline (its text is the
 WER reference) and the daemon's own compute time per window (the rest of a
-window's latency is the broker and the gateway).
+window's latency is the broker and the gateway), and the floor under that
+overhead on this machine: the same windows through a bare aio-pika round trip
+(tests/benchmark/amqp_floor.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import aio_pika
 import numpy as np
+from amqp_floor import Window, replay
 from common import Context, Row, percentile
 
 from gateway.agreement import TimedWord
@@ -32,6 +35,7 @@ from gateway.livesession import (
     Utterance,
 )
 from stack import JFK, normalise
+from stt_daemon.common.liveprotocol import LiveReply, WindowOptions
 from wer import word_error_rate
 
 SECTION = "live"
@@ -93,6 +97,21 @@ class Trace:
 
     def commit_latencies(self) -> list[float]:
         return [at - (self.started + word.end) for word, at in self.committed]
+
+
+class RecordingClient(LiveClient):
+    """A LiveClient that keeps each answered window's size and the daemon's time on it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.windows: list[Window] = []
+
+    async def transcribe(
+        self, model: str, pcm: bytes, options: WindowOptions, *, wait: float
+    ) -> LiveReply:
+        reply = await super().transcribe(model, pcm, options, wait=wait)
+        self.windows.append(Window(len(pcm), reply.compute_s))
+        return reply
 
 
 async def one_session(client: LiveClient, pcm: bytes, name: str) -> Trace:
@@ -199,13 +218,19 @@ async def live(ctx: Context) -> list[Row]:
     gateway = await stack.gateway()
     await stack.daemon(STT_PREFETCH="3")
     connection = await aio_pika.connect_robust(stack.amqp_url)
-    client = LiveClient(stack.names, stack.amqp_url, publish_timeout=5)
+    client = RecordingClient(stack.names, stack.amqp_url, publish_timeout=5)
     await client.start(connection)
     results: dict[str, dict[str, Any]] = {}
     try:
         for count in (1, 2, 3) if ctx.quick else (1, 2, 3, 4):
             name = "1 session" if count == 1 else f"{count} sessions"
+            client.windows.clear()
             results[name] = summary(await sessions(client, pcm, count), reference)
+            if count == 1:
+                # This machine's floor: the same windows through a bare aio-pika round trip.
+                floor = await replay(stack.amqp_url, list(client.windows))
+                results[name]["floor_p50"] = percentile(floor, 50)
+                results[name]["floor_p99"] = percentile(floor, 99)
         await _batch_load(gateway.url, pcm, jobs=3)
         await asyncio.sleep(3)  # the long jobs are running
         results["1 session, batch queue full"] = summary(await sessions(client, pcm, 1), reference)
@@ -240,11 +265,25 @@ def _rows(results: dict[str, dict[str, Any]], audio_s: float) -> list[Row]:
             "broker + gateway overhead per window p99",
             one["overhead_p99"] * 1000,
             "ms",
+            baseline=one["floor_p99"] * 1000,
+            baseline_label="bare aio-pika round trip of the same windows",
+            ratio=one["overhead_p99"] / one["floor_p99"],
             target="<= 5 ms",
         ),
     ]
     for met_row, limit in zip(rows, (1.5, 3.0, 2.5, 2.0, 5.0, 5.0), strict=True):
         met_row.met = met_row.value <= limit
+    rows.append(
+        Row(
+            SECTION,
+            "broker + gateway overhead per window p50",
+            one["overhead_p50"] * 1000,
+            "ms",
+            baseline=one["floor_p50"] * 1000,
+            baseline_label="bare aio-pika round trip of the same windows",
+            ratio=one["overhead_p50"] / one["floor_p50"],
+        )
+    )
     held = [
         int(name.split()[0])
         for name, r in results.items()
