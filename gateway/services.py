@@ -22,6 +22,7 @@ from gateway.store import JobRecord, StatusStore
 from gateway.store.base import MAX_IDEMPOTENCY_KEY
 from stt_daemon.common.amqp import broker_user
 from stt_daemon.common.blobs import BlobStore, BlobWriter
+from stt_daemon.common.languages import unsupported_language
 from stt_daemon.common.protocol import (
     CancelRequest,
     Diarize,
@@ -107,15 +108,13 @@ class Services:
 
     def _check_language_support(self, options: JobOptions) -> None:
         """Refuse early what the live daemons of an English-only model would refuse later."""
-        if (options.language or "en") == "en":
-            return
         daemons = self.fleet.served().get(options.model, [])
-        if daemons and not any(options.model in d.multilingual for d in daemons):
-            raise HTTPException(
-                400,
-                f"model {options.model!r} is English-only and cannot transcribe "
-                f"language={options.language}; use a multilingual model such as 'base'",
-            )
+        if not daemons:  # none announced yet: the daemon that takes the job decides
+            return
+        multilingual = any(options.model in d.multilingual for d in daemons)
+        problem = unsupported_language(options.model, options.language, multilingual=multilingual)
+        if problem is not None:
+            raise HTTPException(400, problem)
 
     def _check_speaker_support(self, options: JobOptions) -> None:
         """Refuse ``diarize=speakers`` early when every live daemon of the model would refuse it."""

@@ -22,6 +22,7 @@ from stt_daemon.admission import Admission
 from stt_daemon.audio import AudioError, PcmFile
 from stt_daemon.checkpoints import CheckpointStore, Tracker
 from stt_daemon.common.blobs import BlobError, BlobStore
+from stt_daemon.common.languages import unsupported_language
 from stt_daemon.common.protocol import (
     DecodeError,
     Diarize,
@@ -69,17 +70,10 @@ log = structlog.get_logger("stt_daemon.handler")
 
 
 def check_supported(engine: Engine, options: JobOptions) -> None:
-    """English-only models cannot hear another language: say so rather than return garbage.
-
-    ``task=translate`` is allowed: English is all such a model writes anyway, and
-    with English speech that is the right answer.
-    """
-    if not engine.multilingual and (options.language or "en") != "en":
-        raise PermanentError(
-            ErrorCode.UNSUPPORTED,
-            f"model {engine.name!r} is English-only and cannot transcribe "
-            f"language={options.language}; use a multilingual model such as 'base'",
-        )
+    """Refuse a language the model cannot hear (the rule: stt_daemon/common/languages.py)."""
+    problem = unsupported_language(engine.name, options.language, multilingual=engine.multilingual)
+    if problem is not None:
+        raise PermanentError(ErrorCode.UNSUPPORTED, problem)
 
 
 def _on_channel_close(
