@@ -1,5 +1,5 @@
 # The two commands of the README, plus the checks CI runs.
-.PHONY: up test test-quick test-unit lint bootstrap bench
+.PHONY: up test test-quick test-unit lint docs bootstrap bench
 
 # Extra pytest arguments for the test targets: make test-quick ARGS="-k websocket -x"
 ARGS ?=
@@ -31,7 +31,14 @@ lint: bootstrap
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
+	$(MAKE) docs
 
-# The benchmark (README "Benchmarks"): private broker, gateway and daemons; table + JSON.
+# The documentation site (mkdocs.yml, docs/) into site/: --strict fails on any broken link
+# or anchor, and the settings page must match the settings classes.
+docs: bootstrap
+	.venv/bin/python tests/docs/settings_table.py
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
+
+# The benchmark (docs/benchmarks.md): private broker, gateway and daemons; table + JSON.
 bench: bootstrap
 	.venv/bin/python tests/benchmark/run.py $(BENCH_ARGS)

@@ -1,0 +1,1 @@
+"""Scripts that generate and check parts of docs/ (run from the repository root)."""
