@@ -17,6 +17,10 @@ from stt_daemon.common.settings import CommonSettings
 class GatewaySettings(CommonSettings):
     """Gateway settings; ``STT_MODELS`` lists the models it accepts jobs for."""
 
+    #: The status store: ``sqlite:///...`` or ``redis://...``; unset, SQLite under ``data_dir``.
+    status_url: str | None = None
+    #: Largest upload accepted, MB.
+    max_upload_mb: float = Field(default=100.0, gt=0)
     #: Seconds suggested to clients in ``Retry-After`` when the queue is full.
     retry_after: int = Field(default=5, ge=1)
     #: Events the recorder may hold unacknowledged (status store write batch).
@@ -92,6 +96,16 @@ class GatewaySettings(CommonSettings):
     live_window_timeout: float = Field(default=5.0, gt=0, le=60)
     #: Silence that ends an utterance, seconds.
     live_end_silence: float = Field(default=0.5, ge=0.1, le=10)
+
+    @property
+    def resolved_status_url(self) -> str:
+        """``STT_STATUS_URL``, or SQLite under the data directory."""
+        return self.status_url or f"sqlite:///{self.data_dir.resolve() / 'status.db'}"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """Upload limit in bytes."""
+        return int(self.max_upload_mb * 1024 * 1024)
 
     @property
     def serves_api_docs(self) -> bool:

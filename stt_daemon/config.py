@@ -33,6 +33,10 @@ def default_prefetch(cores: int | None) -> int:
 class DaemonSettings(CommonSettings):
     """Settings of ``stt-daemon``."""
 
+    #: Longest recording accepted, seconds of audio (longer ones fail at once).
+    max_audio_seconds: float = Field(default=3 * 3600.0, gt=0)
+    #: Seconds between two announcements of this daemon; three missed = gone.
+    announce_interval: float = Field(default=5.0, gt=0)
     #: Jobs in flight per model queue; each really runs (nothing waits in a buffer).
     prefetch: int = Field(default_factory=lambda: default_prefetch(usable_cores()), ge=1)
     #: Live-transcription windows decoded at once per model (each a few hundred ms on

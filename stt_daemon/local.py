@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 from yarl import URL
 
-from stt_daemon.common.amqp import redact, split_urls
+from stt_daemon.common.amqp import split_urls
 from stt_daemon.common.logs import configure_logging
 from stt_daemon.common.settings import model_name
 from stt_daemon.config import DaemonSettings
@@ -229,7 +229,7 @@ class Local:
     def start_broker(self) -> str:
         """The AMQP URL to use: STT_AMQP_URL when configured, else a private node started now."""
         if "amqp_url" in self.settings.model_fields_set:
-            log.info("local.broker", using=redact(self.settings.amqp_url))
+            log.info("local.broker", using=self.settings.amqp_url.redacted)
             return self.settings.amqp_url
         wanted = (self.settings.data_dir / "rabbitmq").resolve()
         base_dir = node_dir_for(wanted)

@@ -35,8 +35,10 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     settings = DaemonSettings()
     assert settings.models == ["tiny.en"]
     assert settings.prefetch == default_prefetch(usable_cores())
-    assert settings.resolved_status_url == f"sqlite:///{tmp_path / 'stt-data' / 'status.db'}"
     assert settings.resolved_blob_url == (tmp_path / "stt-data" / "blobs").as_uri()
+    gateway = GatewaySettings()
+    assert gateway.resolved_status_url == f"sqlite:///{tmp_path / 'stt-data' / 'status.db'}"
+    assert gateway.resolved_blob_url == settings.resolved_blob_url
 
 
 def test_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -47,8 +49,10 @@ def test_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     settings = DaemonSettings()
     assert settings.max_queued == 7 and settings.prefetch == 2
     assert settings.model_names == ["tiny.en", "mine", "other"]
-    assert settings.resolved_status_url == "sqlite:////var/lib/stt.db"
-    assert GatewaySettings().model_names == ["tiny.en", "mine", "other"]
+    gateway = GatewaySettings()
+    assert gateway.model_names == ["tiny.en", "mine", "other"]
+    assert gateway.max_queued == 7
+    assert gateway.resolved_status_url == "sqlite:////var/lib/stt.db"
 
 
 @pytest.mark.parametrize("models", ["", "bad name", "x/../y=/tmp"])
