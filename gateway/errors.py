@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import redis.exceptions
 import structlog
@@ -19,6 +20,41 @@ log = structlog.get_logger("gateway.errors")
 QUEUE_FULL_DETAIL = "Queue limit reached"
 #: All a client learns of an unexpected exception (the log has the rest, under the request id).
 INTERNAL_ERROR_DETAIL = "internal server error"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """How every route answers one broker outcome; each route's shape wraps it."""
+
+    status: int
+    #: The sentence a client reads; ``{exc}`` stands for the exception's text.
+    detail: str
+    #: The ``code`` of the OpenAI-compatible routes' error.
+    code: str
+
+    def of(self, exc: Exception) -> str:
+        """The sentence for this exception."""
+        return self.detail.format(exc=exc)
+
+
+#: The broker's refusals of a job, as HTTP answers: every one is worth a retry after
+#: ``STT_RETRY_AFTER`` seconds, so each carries a ``Retry-After`` header.
+BROKER_REFUSALS: Mapping[type[Exception], Refusal] = {
+    QueueFull: Refusal(429, QUEUE_FULL_DETAIL, "queue_full"),
+    BrokerUnavailable: Refusal(
+        503, "the job queue is unavailable; try again shortly", "queue_unavailable"
+    ),
+    # Transient too: the queue appears when a daemon for the model declares it.
+    UnroutableJob: Refusal(503, "no queue accepts jobs for model {exc}", "unroutable"),
+}
+
+#: The exceptions ``BROKER_REFUSALS`` answers, for an ``except`` clause.
+BROKER_ERRORS = tuple(BROKER_REFUSALS)
+
+
+def broker_refusal(exc: BaseException) -> Refusal | None:
+    """The answer to a broker outcome in ``BROKER_REFUSALS``; None for any other exception."""
+    return next((r for kind, r in BROKER_REFUSALS.items() if isinstance(exc, kind)), None)
 
 
 def internal_error() -> JSONResponse:
@@ -43,26 +79,22 @@ def openai_error(
 def install_error_handlers(app: FastAPI, retry_after: int) -> None:
     """Map broker outcomes to HTTP statuses."""
 
-    async def queue_full(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(
-            {"detail": QUEUE_FULL_DETAIL},
-            status_code=429,
-            headers={"Retry-After": str(retry_after)},
-        )
-
     def try_later(detail: str) -> JSONResponse:
         """A 503 the client may retry after ``STT_RETRY_AFTER`` seconds."""
         return JSONResponse(
             {"detail": detail}, status_code=503, headers={"Retry-After": str(retry_after)}
         )
 
-    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("broker.unavailable", path=request.url.path, error=str(exc))
-        return try_later("the job queue is unavailable; try again shortly")
-
-    async def unroutable(request: Request, exc: Exception) -> JSONResponse:
-        # Transient too: the queue appears when a daemon for the model declares it.
-        return try_later(f"no queue accepts jobs for model {exc}")
+    async def refused(request: Request, exc: Exception) -> JSONResponse:
+        refusal = broker_refusal(exc)
+        assert refusal is not None  # registered for BROKER_REFUSALS' types only
+        if isinstance(exc, BrokerUnavailable):
+            log.warning("broker.unavailable", path=request.url.path, error=str(exc))
+        return JSONResponse(
+            {"detail": refusal.of(exc)},
+            status_code=refusal.status,
+            headers={"Retry-After": str(retry_after)},
+        )
 
     async def invalid(request: Request, exc: Exception) -> JSONResponse:
         # FastAPI's default detail is a list of objects; every other error here is a sentence.
@@ -81,9 +113,8 @@ def install_error_handlers(app: FastAPI, retry_after: int) -> None:
         log.exception("request.failed", path=request.url.path)
         return internal_error()
 
-    app.add_exception_handler(QueueFull, queue_full)
-    app.add_exception_handler(BrokerUnavailable, unavailable)
-    app.add_exception_handler(UnroutableJob, unroutable)
+    for kind in BROKER_REFUSALS:
+        app.add_exception_handler(kind, refused)
     app.add_exception_handler(RequestValidationError, invalid)
     # Redis down or unreachable (both subclass redis' own error, not the builtins).
     app.add_exception_handler(redis.exceptions.ConnectionError, store_down)

@@ -15,8 +15,7 @@ from fastapi import APIRouter, HTTPException, Request, WebSocket, WebSocketDisco
 from fastapi.responses import JSONResponse
 
 from gateway.auth import REQUIRE_KEY, OwnerDep
-from gateway.broker import BrokerUnavailable, QueueFull, UnroutableJob
-from gateway.errors import QUEUE_FULL_DETAIL
+from gateway.errors import BROKER_ERRORS, broker_refusal
 from gateway.services import IdempotencyKey, ServicesDep, get_services
 from gateway.uploads import receive_upload
 from stt_daemon.common.blobs import BlobTooLarge
@@ -125,10 +124,10 @@ async def ws_test(websocket: WebSocket, owner: OwnerDep) -> None:
         reply = {"task_id": record.id}
     except BlobTooLarge:
         reply, close_code = {"detail": "upload too large", "status_code": 413}, 1009
-    except QueueFull:
-        reply, close_code = {"detail": QUEUE_FULL_DETAIL, "status_code": 429}, 1013
-    except (BrokerUnavailable, UnroutableJob):
-        reply, close_code = {"detail": "the job queue is unavailable", "status_code": 503}, 1013
+    except BROKER_ERRORS as exc:
+        answer = broker_refusal(exc)
+        assert answer is not None
+        reply, close_code = {"detail": answer.of(exc), "status_code": answer.status}, 1013
     except HTTPException as exc:  # STT_KEY_MAX_ACTIVE reached
         reply, close_code = {"detail": exc.detail, "status_code": exc.status_code}, 1013
     await websocket.send_json(reply)

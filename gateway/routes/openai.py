@@ -36,8 +36,8 @@ from fastapi.responses import JSONResponse
 
 from gateway import sse
 from gateway.auth import REQUIRE_KEY_OPENAI, OpenAIOwnerDep
-from gateway.broker import BrokerUnavailable, QueueFull, UnroutableJob
-from gateway.errors import QUEUE_FULL_DETAIL, openai_error
+from gateway.broker import BrokerUnavailable
+from gateway.errors import INTERNAL_ERROR_DETAIL, broker_refusal, openai_error
 from gateway.formats import (
     SPEAKER_FORMATS,
     NoSpeakers,
@@ -419,7 +419,7 @@ async def transcript_stream(
         yield timeout_error(record.id, settings.sync_timeout).event()
     except Exception:
         log.exception("openai.stream_failed", job_id=record.id)
-        yield OpenAIError(500, "internal server error").event()
+        yield OpenAIError(500, INTERNAL_ERROR_DETAIL).event()
     finally:
         subscription.close()
 
@@ -474,21 +474,17 @@ async def _transcribe(
 
 def as_openai_error(exc: Exception, retry_after: int) -> OpenAIError:
     """Any exception of a sync request, in OpenAI's shape (no stack trace reaches a client)."""
-    wait = {"Retry-After": str(retry_after)}
     if isinstance(exc, OpenAIError):
         return exc
     if isinstance(exc, HTTPException):
         # 422 (no file, empty file) is a 400 in OpenAI's API; 413 and 415 keep their status.
         status = 400 if exc.status_code == 422 else exc.status_code
         return OpenAIError(status, str(exc.detail), headers=exc.headers)
-    if isinstance(exc, QueueFull):
-        return OpenAIError(429, QUEUE_FULL_DETAIL, code="queue_full", headers=wait)
-    if isinstance(exc, BrokerUnavailable):
-        message = "the job queue is unavailable; try again shortly"
-        return OpenAIError(503, message, code="queue_unavailable", headers=wait)
-    if isinstance(exc, UnroutableJob):
-        return OpenAIError(503, f"no queue accepts jobs for model {exc}", code="unroutable")
-    return OpenAIError(500, "internal server error")
+    refusal = broker_refusal(exc)
+    if refusal is not None:
+        wait = {"Retry-After": str(retry_after)}
+        return OpenAIError(refusal.status, refusal.of(exc), code=refusal.code, headers=wait)
+    return OpenAIError(500, INTERNAL_ERROR_DETAIL)
 
 
 async def _answer(request: Request, services: Services, task: Task, owner: str | None) -> Response:
@@ -497,7 +493,7 @@ async def _answer(request: Request, services: Services, task: Task, owner: str |
     except Exception as exc:
         if isinstance(exc, BrokerUnavailable):
             log.warning("broker.unavailable", path=request.url.path, error=str(exc))
-        elif not isinstance(exc, OpenAIError | HTTPException | QueueFull | UnroutableJob):
+        elif not isinstance(exc, OpenAIError | HTTPException) and broker_refusal(exc) is None:
             log.exception("request.failed", path=request.url.path)
         return as_openai_error(exc, services.settings.retry_after).response()
 
