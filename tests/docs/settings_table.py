@@ -99,7 +99,10 @@ NOTES = {
     "STT_LOG_LEVEL": "Log level.",
     "STT_LOG_FORMAT": "`json`, `console`, or `auto`: JSON lines unless stdout is a terminal.",
     "STT_ANNOUNCE_INTERVAL": "A daemon silent for three is dropped from `GET /v1/models`.",
-    "STT_CLAIM_SECRET": "Refused: `forbidden`. See [Signed claim checks](../broker/security.md#signed-claim-checks).",
+    "STT_CLAIM_SECRET": (
+        "Refused: `forbidden`. See "
+        "[Signed claim checks](../broker/security.md#signed-claim-checks)."
+    ),
     "STT_PREFETCH": (
         "Jobs side by side on few threads each use a CPU better than one job on every thread "
         "(see [Benchmarks](../benchmarks.md))."
@@ -157,7 +160,8 @@ NOTES = {
         "it; the daemon image carries it."
     ),
     "STT_RESULT_TTL": (
-        "Final: succeeded, failed, cancelled; then they answer `404`; idempotency keys live as long (a day when this is `0`); "
+        "Final: succeeded, failed, cancelled; then they answer `404`; idempotency keys live as "
+        "long (a day when this is `0`); "
         "daemons keep the audio of dead-lettered jobs as long (see "
         "[Retries and dead letters](../broker/dead-letters.md))."
     ),
