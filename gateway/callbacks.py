@@ -37,6 +37,7 @@ from gateway.egress import EgressPolicy, EgressRefused, check_callback_url, reda
 from gateway.recorder import trusted_publishers
 from gateway.webhook_http import webhook_client
 from stt_daemon.common import amqp
+from stt_daemon.common.backoff import Backoff
 from stt_daemon.common.protocol import DecodeError, EventType, JobEvent, decode_event
 from stt_daemon.common.topology import Names
 
@@ -92,8 +93,11 @@ class RetryPlan:
     backoff: float
 
     def delay_ms(self, attempt: int) -> int:
-        """The wait after the ``attempt``-th failed try (exponential, capped)."""
-        return round(min(MAX_DELAY_S, self.backoff * 2.0 ** (attempt - 1)) * 1000)
+        """The wait after the ``attempt``-th failed try (exponential, capped).
+
+        No jitter: each distinct wait is a delay queue of its own (delays_ms).
+        """
+        return round(Backoff(self.backoff, MAX_DELAY_S).delay(attempt) * 1000)
 
     def defer_ms(self, deferral: int) -> int:
         """The wait of a call put off for the ``deferral``-th time."""

@@ -12,7 +12,6 @@ too. A dead-lettered job keeps its audio for a replay (deadletters.py).
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from aio_pika.exceptions import ChannelInvalidStateError
 
 from stt_daemon import deadletters
 from stt_daemon.checkpoints import Checkpoint, CheckpointStore
+from stt_daemon.common.backoff import Backoff
 from stt_daemon.common.blobs import BlobError, BlobStore
 from stt_daemon.common.protocol import ErrorCode, EventType, InboundJob, JobEvent, Segment
 from stt_daemon.events import EventPublisher
@@ -75,8 +75,8 @@ def delivery_lost(message: AbstractIncomingMessage) -> bool:
 
 
 def backoff(attempt: int, base: float, cap: float = 60.0) -> float:
-    """Exponential backoff with full jitter (spreads retries of many jobs apart)."""
-    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+    """The wait before a job's transient retry: full jitter spreads many jobs' retries apart."""
+    return Backoff(base, cap, jitter=True).delay(attempt)
 
 
 def ignore_progress(_fraction: float, _segments: Sequence[Segment] = (), /) -> None:

@@ -11,6 +11,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
 from stt_daemon.common import amqp
+from stt_daemon.common.backoff import Backoff
 from stt_daemon.common.blobs import BlobStore
 from stt_daemon.common.topology import declare_topology
 from stt_daemon.config import DaemonSettings
@@ -28,6 +29,9 @@ from stt_daemon.speakers.step import SpeakerStep
 
 log = structlog.get_logger("stt_daemon.worker")
 
+#: Waits between tries to reach the broker: exact, as the log line says them.
+RECONNECT = Backoff(base=1.0, cap=15.0)
+
 
 class StopRequested(Exception):
     """The daemon was asked to stop before it could reach its broker."""
@@ -41,7 +45,7 @@ async def connect(
     The first connection is retried too: a daemon started before its broker
     (compose, Kubernetes) waits for it instead of exiting, until ``stop`` is set.
     """
-    delay = 1.0
+    delays = RECONNECT.delays()
     stop = stop or asyncio.Event()
     while not stop.is_set():
         try:
@@ -49,6 +53,7 @@ async def connect(
                 settings.amqp_url, f"stt-daemon {settings.worker_name} {role}", settings.heartbeat
             )
         except (OSError, aio_pika.exceptions.AMQPConnectionError) as exc:
+            delay = next(delays)
             log.warning(
                 "broker.unreachable",
                 role=role,
@@ -60,7 +65,6 @@ async def connect(
             # Wake at once when asked to stop: SIGTERM must not wait for the broker.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, 15.0)
     raise StopRequested(role)
 
 
