@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
@@ -19,7 +18,16 @@ from pamqp.commands import Basic
 
 from gateway.config import GatewaySettings
 from stt_daemon.common import amqp
-from stt_daemon.common.protocol import JSON_CONTENT_TYPE, CancelRequest, JobMessage
+from stt_daemon.common.liveprotocol import SessionEvent, encode_session_event
+from stt_daemon.common.protocol import (
+    CANCEL_ROUTING_KEY,
+    CancelRequest,
+    JobEvent,
+    JobMessage,
+    encode_cancel,
+    encode_event,
+    encode_job,
+)
 from stt_daemon.common.topology import Topology, declare_topology
 
 log = structlog.get_logger("gateway.broker")
@@ -116,19 +124,9 @@ class BrokerLink:
         """Publish a job and wait for the broker's confirm; raise a named error otherwise."""
         if not self.ready or self.topology is None:
             raise BrokerUnavailable("the message broker is not reachable")
-        body = job.model_dump_json(exclude_none=True).encode()
-        message = aio_pika.Message(
-            body,
-            # Signed (with STT_CLAIM_SECRET) so that daemons run only claim checks
-            # that a gateway wrote; user_id says, checked by the broker, who sent it.
-            headers=self._signer.sign(body),
-            user_id=self._user,
-            content_type=JSON_CONTENT_TYPE,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=job.job_id,
-            timestamp=job.submitted_at,
-            type="stt.job",
-        )
+        # Signed (with STT_CLAIM_SECRET) so that daemons run only claim checks that
+        # a gateway wrote; user_id says, checked by the broker, who sent it.
+        message = encode_job(job, user_id=self._user, sign=self._signer.sign)
         try:
             async with asyncio.timeout(self._settings.publish_timeout):
                 await self.topology.jobs_exchange.publish(
@@ -150,28 +148,27 @@ class BrokerLink:
 
     async def _renew_channel(self) -> None:
         """Publish on a new channel from now on (the old one is closed)."""
-        conn, old, topology = self._connection, self._channel, self.topology
+        conn, topology = self._connection, self.topology
         if conn is None or topology is None:
             return
-        try:
-            async with asyncio.timeout(self._settings.publish_timeout):
-                channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
-                names = self._settings.names
-                topology.jobs_exchange = await channel.get_exchange(
-                    names.jobs_exchange, ensure=False
-                )
-                if topology.control_exchange is not None:
-                    topology.control_exchange = await channel.get_exchange(
-                        names.control_exchange, ensure=False
-                    )
-        except (TimeoutError, AMQPError, ConnectionError, RuntimeError) as exc:
-            log.warning("broker.channel_not_renewed", error=f"{type(exc).__name__}: {exc}")
+        names = self._settings.names
+        wanted = [names.jobs_exchange]
+        if topology.control_exchange is not None:
+            wanted.append(names.control_exchange)
+        renewed = await amqp.renew_channel(
+            conn,
+            self._channel,
+            wanted,
+            limit=self._settings.publish_timeout,
+            on_return_raises=True,
+            owner=f"broker-{self._role}",
+        )
+        if renewed is None:
             return
-        self._channel = channel
-        if old is not None:
-            with contextlib.suppress(Exception):
-                await old.close()
-        log.info("broker.channel_renewed", role=self._role)
+        self._channel, exchanges = renewed
+        topology.jobs_exchange = exchanges[0]
+        if topology.control_exchange is not None:
+            topology.control_exchange = exchanges[1]
 
     async def _queue_is_full(self, model: str) -> bool:
         """Whether a nack was the reject-publish overflow (the queue holds STT_MAX_QUEUED)."""
@@ -189,18 +186,14 @@ class BrokerLink:
         ready = queue.declaration_result.message_count or 0
         return ready >= self._settings.max_queued
 
-    async def publish_result_event(self, routing_key: str, body: bytes, message_id: str) -> None:
-        """Publish on the results exchange (live sessions' news), confirmed, as this gateway."""
+    async def publish_result_event(self, news: JobEvent | SessionEvent) -> None:
+        """Publish a job event or a live session's news on the results exchange, confirmed."""
         if not self.ready or self.topology is None:
             raise BrokerUnavailable("the message broker is not reachable")
-        message = aio_pika.Message(
-            body,
-            content_type=JSON_CONTENT_TYPE,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message_id,
-            user_id=self._user,
-            type=routing_key,
-        )
+        if isinstance(news, JobEvent):
+            message, routing_key = encode_event(news, user_id=self._user), news.event.value
+        else:
+            message, routing_key = encode_session_event(news, user_id=self._user), news.event
         try:
             async with asyncio.timeout(self._settings.publish_timeout):
                 # Not mandatory: news nobody has bound a queue to is not an error.
@@ -214,16 +207,12 @@ class BrokerLink:
         """Publish a cancellation to the control exchange (its stream keeps it a day)."""
         if not self.ready or self.topology is None or self.topology.control_exchange is None:
             raise BrokerUnavailable("the message broker is not reachable")
-        message = aio_pika.Message(
-            request.model_dump_json().encode(),
-            content_type=JSON_CONTENT_TYPE,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=f"{request.job_id}:cancel",
-            user_id=self._user,
-        )
+        message = encode_cancel(request, user_id=self._user)
         try:
             async with asyncio.timeout(self._settings.publish_timeout):
-                await self.topology.control_exchange.publish(message, routing_key="job.cancel")
+                await self.topology.control_exchange.publish(
+                    message, routing_key=CANCEL_ROUTING_KEY
+                )
         except (TimeoutError, AMQPError, ConnectionError, RuntimeError) as exc:
             raise BrokerUnavailable(f"publish failed: {type(exc).__name__}") from None
 

@@ -15,10 +15,10 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
+from stt_daemon.common.amqp import copy_delivery
 from stt_daemon.common.topology import Names, declare_callback_retries
 
 log = structlog.get_logger("gateway.callbacks")
@@ -74,16 +74,7 @@ class DelayQueues:
         kept = {
             k: v for k, v in (message.headers or {}).items() if not k.startswith(_BROKER_HEADERS)
         }
-        copy = aio_pika.Message(
-            message.body,
-            headers={**kept, **headers},
-            content_type=message.content_type,
-            message_id=message.message_id,
-            timestamp=message.timestamp,
-            type=message.type,
-            user_id=self._user,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        )
+        copy = copy_delivery(message, headers={**kept, **headers}, user_id=self._user)
         async with asyncio.timeout(self._publish_timeout):
             await self._channel.default_exchange.publish(
                 copy, routing_key=self._names.callback_retry_queue(delay_ms), mandatory=True

@@ -12,12 +12,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
-from pydantic import ValidationError
 
-from stt_daemon.common.protocol import JSON_CONTENT_TYPE, DaemonAnnouncement
+from stt_daemon.common.protocol import (
+    HELLO_ROUTING_KEY,
+    DaemonAnnouncement,
+    DecodeError,
+    decode_announcement,
+    encode_hello,
+)
 from stt_daemon.common.topology import Names
 
 log = structlog.get_logger("gateway.fleet")
@@ -59,14 +63,12 @@ class Fleet:
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(exchange, routing_key="daemon.*")
         await queue.consume(self._on_announcement, no_ack=True)
-        await exchange.publish(
-            aio_pika.Message(b"{}", content_type=JSON_CONTENT_TYPE), routing_key="gateway.hello"
-        )
+        await exchange.publish(encode_hello(), routing_key=HELLO_ROUTING_KEY)
 
     async def _on_announcement(self, message: AbstractIncomingMessage) -> None:
         try:
-            announcement = DaemonAnnouncement.model_validate_json(message.body)
-        except ValueError as exc:
+            announcement = decode_announcement(message.body)
+        except DecodeError as exc:
             self._bad_announcement(message, exc)
             return
         previous = self._seen.get(announcement.worker)
@@ -76,20 +78,20 @@ class Fleet:
         elif previous is None or previous.announcement.state == "down":
             log.info("fleet.daemon_up", worker=announcement.worker, models=announcement.models)
 
-    def _bad_announcement(self, message: AbstractIncomingMessage, exc: ValueError) -> None:
+    def _bad_announcement(self, message: AbstractIncomingMessage, exc: DecodeError) -> None:
         """Log it: the first at once, later ones as a count at most once a minute."""
         self.bad += 1
         self._bad_unlogged += 1
         now = time.monotonic()
         if self._bad_logged_at is not None and now - self._bad_logged_at < BAD_LOG_EVERY:
             return
-        errors = exc.errors() if isinstance(exc, ValidationError) else []
         log.warning(
             "fleet.bad_announcement",
-            # Where it came from and what is wrong, not the body: anyone may publish it.
+            # Where it came from and what is wrong, not the body (the error quotes
+            # none of it): anyone may publish it.
             routing_key=message.routing_key,
             user_id=message.user_id,
-            error=(errors[0]["msg"] if errors else str(exc))[:200],
+            error=str(exc)[:200],
             count=self._bad_unlogged,
         )
         self._bad_logged_at, self._bad_unlogged = now, 0

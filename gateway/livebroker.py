@@ -9,17 +9,16 @@ their request by ``correlation_id``; one that comes too late is dropped.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import DeliveryError, PublishError
 from pamqp.commands import Basic
 
 from stt_daemon.common.amqp import broker_user
-from stt_daemon.common.liveprotocol import WINDOW_CONTENT_TYPE, LiveReply, WindowOptions
+from stt_daemon.common.liveprotocol import LiveReply, WindowOptions, decode_reply, encode_window
+from stt_daemon.common.protocol import DecodeError
 from stt_daemon.common.topology import Names
 
 log = structlog.get_logger("gateway.live")
@@ -65,8 +64,8 @@ class LiveClient:
             self.late += 1
             return
         try:
-            waiter.set_result(LiveReply.model_validate_json(message.body))
-        except ValueError as exc:
+            waiter.set_result(decode_reply(message.body))
+        except DecodeError as exc:
             waiter.set_exception(LiveUnavailable(f"unreadable answer: {exc}"))
 
     async def transcribe(
@@ -79,14 +78,12 @@ class LiveClient:
         correlation = uuid.uuid4().hex
         waiter: asyncio.Future[LiveReply] = asyncio.get_running_loop().create_future()
         self._waiting[correlation] = waiter
-        options = options.model_copy(update={"deadline": time.time() + wait})
-        message = aio_pika.Message(
+        message = encode_window(
             pcm,
-            content_type=WINDOW_CONTENT_TYPE,
-            headers=options.headers(),
+            options,
+            wait=wait,
             reply_to=DIRECT_REPLY_TO,
             correlation_id=correlation,
-            expiration=wait,
             user_id=self._user,
         )
         try:

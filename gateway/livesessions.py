@@ -153,17 +153,13 @@ class LiveSessions:
             model=session.options.model,
             segment=segment,
         )
-        task = asyncio.create_task(
-            self._publish(news, message_id=f"{session.id}:segment:{event.index}")
-        )
+        task = asyncio.create_task(self._publish(news))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _publish(self, news: SessionEvent, message_id: str) -> None:
+    async def _publish(self, news: SessionEvent) -> None:
         try:
-            await self._broker.publish_result_event(
-                news.event, news.model_dump_json(exclude_none=True).encode(), message_id
-            )
+            await self._broker.publish_result_event(news)
         except BrokerUnavailable as exc:
             # The session's transcript is still stored; only followers miss this one.
             log.warning("live.news_not_published", news=news.event, error=str(exc))
@@ -196,13 +192,9 @@ class LiveSessions:
             result=transcript,
             error=ended.error,
         )
-        await self._publish(news, message_id=f"{session.id}:ended")
+        await self._publish(news)
         try:
-            await self._broker.publish_result_event(
-                event.event.value,
-                event.model_dump_json(exclude_none=True).encode(),
-                f"{session.id}:{event.event.value}",
-            )
+            await self._broker.publish_result_event(event)
         except BrokerUnavailable as exc:
             log.warning("live.result_not_published", session=session.id, error=str(exc))
         log.info(

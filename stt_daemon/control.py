@@ -19,16 +19,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from stt_daemon.common.amqp import broker_user
 from stt_daemon.common.protocol import (
-    JSON_CONTENT_TYPE,
-    CancelRequest,
+    HELLO_ROUTING_KEY,
     DaemonAnnouncement,
     DecodeError,
+    decode_cancel,
+    encode_announcement,
 )
 from stt_daemon.config import DaemonSettings
 from stt_daemon.engine import Engine
@@ -156,7 +156,7 @@ class ControlPlane:
         stream = await consume.get_queue(names.cancel_stream, ensure=True)
         await stream.consume(self._on_cancel, arguments={"x-stream-offset": "first"})
         hello = await consume.declare_queue(exclusive=True, auto_delete=True)
-        await hello.bind(names.control_exchange, routing_key="gateway.hello")
+        await hello.bind(names.control_exchange, routing_key=HELLO_ROUTING_KEY)
         await hello.consume(self._on_hello, no_ack=True)
         self._ticker = asyncio.create_task(self._announce_forever(), name="announce")
 
@@ -176,9 +176,9 @@ class ControlPlane:
     async def _on_cancel(self, message: AbstractIncomingMessage) -> None:
         self._last_heard = asyncio.get_running_loop().time()
         try:
-            request = CancelRequest.model_validate_json(message.body)
-        except ValueError as exc:
-            log.warning("control.bad_cancel", error=str(DecodeError(str(exc))))
+            request = decode_cancel(message.body)
+        except DecodeError as exc:
+            log.warning("control.bad_cancel", error=str(exc))
         else:
             self.cancellations.cancel(request.job_id)
             log.debug("job.cancel_heard", job_id=request.job_id)
@@ -205,7 +205,6 @@ class ControlPlane:
         """Publish one announcement (transient: an old one is worthless)."""
         if self._exchange is None:
             return
-        interval = self._settings.announce_interval
         body = DaemonAnnouncement(
             worker=self._settings.worker_name,
             models=self._models,
@@ -216,15 +215,9 @@ class ControlPlane:
             prefetch=self._settings.prefetch,
             in_flight=self._in_flight(),
             state="down" if state == "down" else "up",
-            interval=interval,
+            interval=self._settings.announce_interval,
         )
-        message = aio_pika.Message(
-            body.model_dump_json().encode(),
-            content_type=JSON_CONTENT_TYPE,
-            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
-            expiration=interval * 3,
-            user_id=self._user,
-        )
+        message = encode_announcement(body, user_id=self._user)
         async with asyncio.timeout(self._settings.publish_timeout):
             await self._exchange.publish(message, routing_key=f"daemon.{body.state}")
 

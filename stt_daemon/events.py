@@ -3,55 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
-import aio_pika
-import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
-from aio_pika.exceptions import AMQPError, DeliveryError
+from aio_pika.exceptions import DeliveryError
 from pamqp.commands import Basic
 
-from stt_daemon.common.protocol import JSON_CONTENT_TYPE, EventType, JobEvent
-
-log = structlog.get_logger("stt_daemon.events")
-
-
-def message_id(event: JobEvent) -> str:
-    """The AMQP ``message_id`` consumers de-duplicate on.
-
-    A job has one final event, so that one is named by the job: a daemon that dies
-    after publishing it but before its ack transcribes the job again, and the second
-    result must read as a duplicate of the first. Other events (``job.started`` each
-    attempt, ``job.progress`` many times) are each new: their own ``event_id``, made
-    once with the event, so a retried publish or a redelivery keeps it.
-    """
-    if event.event.status.is_final:
-        return f"{event.job_id}:{event.event.value}"
-    return event.event_id
-
-
-def event_message(
-    event: JobEvent, *, correlation_id: str | None = None, user_id: str | None = None
-) -> aio_pika.Message:
-    """The AMQP message of an event: persistent, except progress (superseded within seconds).
-
-    ``user_id`` is the daemon's broker user: RabbitMQ checks it, and the status store
-    and webhook sender accept events only from the users they trust.
-    """
-    persistent = event.event is not EventType.PROGRESS
-    return aio_pika.Message(
-        event.model_dump_json(exclude_none=True).encode(),
-        content_type=JSON_CONTENT_TYPE,
-        delivery_mode=(
-            aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
-        ),
-        message_id=message_id(event),
-        correlation_id=correlation_id,
-        user_id=user_id,
-        type=event.event.value,
-        timestamp=event.timestamp,
-        headers={"job_id": event.job_id, "model": event.model or ""},
-    )
+from stt_daemon.common.amqp import renew_channel
+from stt_daemon.common.protocol import JobEvent, encode_event
 
 
 class EventPublisher:
@@ -80,29 +38,27 @@ class EventPublisher:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._exchange.publish(
-                    event_message(event, user_id=self._user_id), routing_key=event.event.value
+                    encode_event(event, user_id=self._user_id), routing_key=event.event.value
                 )
         except DeliveryError as exc:
             if isinstance(exc.frame, Basic.Nack):
-                # Seen on RabbitMQ 3.10 after a queue leader died: one channel
-                # kept nacking for minutes. The retry gets a fresh channel.
+                # A channel may keep nacking after a queue leader died: the retry
+                # gets a fresh one (see renew_channel).
                 await self._renew_channel()
             raise
 
     async def _renew_channel(self) -> None:
         if self._connection is None:
             return
-        try:
-            async with asyncio.timeout(self._timeout):
-                channel = await self._connection.channel(publisher_confirms=True)
-                self._exchange = await channel.get_exchange(self._exchange.name, ensure=False)
-        except (TimeoutError, AMQPError, ConnectionError, RuntimeError) as exc:
-            log.warning("events.channel_not_renewed", error=f"{type(exc).__name__}: {exc}")
-            return
-        old, self._channel = self._channel, channel
-        with contextlib.suppress(Exception):
-            await old.close()
-        log.info("events.channel_renewed")
+        renewed = await renew_channel(
+            self._connection,
+            self._channel,
+            [self._exchange.name],
+            limit=self._timeout,
+            owner="events",
+        )
+        if renewed is not None:
+            self._channel, (self._exchange,) = renewed
 
     async def reply(self, event: JobEvent, reply_to: str, correlation_id: str | None) -> None:
         """Send the final event to an RPC caller (``reply_to``, direct reply-to included)."""
@@ -114,6 +70,6 @@ class EventPublisher:
         # Not mandatory: a caller that went away must not turn a finished job into an error.
         async with asyncio.timeout(self._timeout):
             await self._channel.default_exchange.publish(
-                event_message(event, correlation_id=correlation_id, user_id=self._user_id),
+                encode_event(event, correlation_id=correlation_id, user_id=self._user_id),
                 routing_key=reply_to,
             )

@@ -32,7 +32,6 @@ import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aio_pika
 import numpy as np
 import structlog
 from aio_pika.abc import AbstractExchange
@@ -44,7 +43,6 @@ from stt_daemon.audio import SAMPLE_RATE, Audio, PcmFile
 from stt_daemon.common.blobs import BlobStore
 from stt_daemon.common.claims import ClaimSigner
 from stt_daemon.common.protocol import (
-    JSON_CONTENT_TYPE,
     InboundJob,
     JobMessage,
     PartInfo,
@@ -52,6 +50,7 @@ from stt_daemon.common.protocol import (
     TranscriptResult,
     VoicePrintsWire,
     Word,
+    encode_job,
 )
 from stt_daemon.engine import Engine
 from stt_daemon.provenance import copy_headers
@@ -261,19 +260,12 @@ class FanOut:
         producer: str | None,
     ) -> None:
         assert job.part is not None
-        body = job.model_dump_json(exclude_none=True).encode()
-        headers = self._signer.sign(body, reply_to)
-        if self._user is not None:
-            headers = copy_headers(headers, producer or "")
-        message = aio_pika.Message(
-            body,
-            headers=headers,
+        message = encode_job(
+            job,
             user_id=self._user,
-            content_type=JSON_CONTENT_TYPE,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=f"{job.job_id}#{job.part.index}",
-            timestamp=job.submitted_at,
-            type="stt.job.part",
+            sign=self._signer.sign,
+            # The part is this daemon's copy: it names the recording's producer.
+            headers=copy_headers({}, producer or "") if self._user is not None else None,
             # A part that fails answers the caller of the whole recording, as its merge does.
             reply_to=reply_to,
             correlation_id=correlation_id,

@@ -22,16 +22,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
-import aio_pika
 import numpy as np
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from stt_daemon.common.liveprotocol import (
-    MAX_WINDOW_BYTES,
-    WINDOW_CONTENT_TYPE,
     LiveReply,
     WindowOptions,
+    encode_reply,
+    window_refusal,
 )
 from stt_daemon.common.topology import Names
 from stt_daemon.metrics import DaemonMetrics
@@ -151,20 +150,6 @@ def pcm16_to_float(body: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:
     return np.frombuffer(body, dtype="<i2").astype(np.float32) / 32768.0
 
 
-def refusal(message: AbstractIncomingMessage) -> str | None:
-    """Why a window cannot be decoded (None when it can)."""
-    ctype = (message.content_type or "").replace(" ", "").lower()
-    if ctype != WINDOW_CONTENT_TYPE.replace(" ", "").lower():
-        return f"live windows are {WINDOW_CONTENT_TYPE!r}, not {message.content_type!r}"
-    if len(message.body) > MAX_WINDOW_BYTES:
-        return f"window of {len(message.body)} bytes is over {MAX_WINDOW_BYTES}"
-    if len(message.body) % 2:
-        return "16-bit PCM has an even number of bytes"
-    if not message.reply_to:
-        return "a live window needs reply_to"
-    return None
-
-
 class LiveServer:
     """Consumes the live queues of the models served here and answers each window."""
 
@@ -222,7 +207,10 @@ class LiveServer:
             self._count("expired")
             await message.ack()
             return
-        if (why := refusal(message)) is not None:
+        why = window_refusal(
+            message.body, content_type=message.content_type, reply_to=message.reply_to
+        )
+        if why is not None:
             await self._reply(message, LiveReply(error=why, worker=self._worker))
             return
         samples = pcm16_to_float(message.body)
@@ -247,12 +235,7 @@ class LiveServer:
         if message.reply_to:
             try:
                 await self._reply_channel.default_exchange.publish(
-                    aio_pika.Message(
-                        reply.model_dump_json(exclude_defaults=True).encode(),
-                        content_type="application/json",
-                        correlation_id=message.correlation_id,
-                        user_id=self._user,
-                    ),
+                    encode_reply(reply, correlation_id=message.correlation_id, user_id=self._user),
                     routing_key=message.reply_to,
                 )
             except Exception as exc:  # the session went away: its next window goes elsewhere

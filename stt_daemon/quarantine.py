@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 from aio_pika.exceptions import DeliveryError
 from pamqp.commands import Basic
 
+from stt_daemon.common.amqp import copy_delivery
 from stt_daemon.provenance import copy_headers, producer_of
 
 #: Deliveries a job had before it was moved to quarantine (its count there starts at 0).
@@ -50,20 +51,10 @@ def copy_of(message: AbstractIncomingMessage, attempts: int, daemon_user: str) -
         if not key.startswith("x-delivery-")
     }
     headers[ATTEMPTS_HEADER] = attempts
-    return aio_pika.Message(
-        message.body,
+    return copy_delivery(
+        message,
         headers=copy_headers(headers, producer_of(message, daemon_user)),
         user_id=daemon_user,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        priority=message.priority,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        message_id=message.message_id,
-        timestamp=message.timestamp,
-        type=message.type,
-        app_id=message.app_id,
     )
 
 

@@ -6,20 +6,36 @@ the addresses and moves to the next one on every (re)connection attempt, so a
 gateway or daemon whose node dies carries on with a surviving node of the
 cluster; channels, exchanges, queues and consumers are then restored by aio-pika
 as after any reconnect.
+
+It also holds two chores of every publisher: a fresh channel after a nack
+(:func:`renew_channel`) and a copy of a delivery to publish again
+(:func:`copy_delivery`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aio_pika
+import structlog
 from aio_pika import RobustConnection
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import AMQPError
 from yarl import URL
 
 from stt_daemon.common.urls import redact as redact  # its home; re-exported for callers
+
+log = structlog.get_logger("stt_daemon.common.amqp")
 
 #: Hosts where the default ``guest`` account is acceptable (RabbitMQ allows it on loopback only).
 _LOCAL_HOSTS = {"localhost", ""}
@@ -138,3 +154,61 @@ async def connect(amqp_url: str, name: str, heartbeat: int) -> AbstractRobustCon
         return connection
     assert error is not None
     raise error
+
+
+async def renew_channel(
+    connection: AbstractConnection,
+    old: AbstractChannel | None,
+    exchanges: Sequence[str],
+    *,
+    limit: float,
+    on_return_raises: bool = False,
+    owner: str,
+) -> tuple[AbstractChannel, list[AbstractExchange]] | None:
+    """A new confirming channel with ``exchanges`` on it, the old one closed; None if none came.
+
+    Seen on RabbitMQ 3.10 after a queue leader died: one channel kept nacking
+    for minutes, while a new one published at once. So a publisher that gets a
+    nack retries on a fresh channel. ``limit``: seconds the broker has to open it;
+    ``owner`` names the publisher in the logs. On failure (logged) the old channel
+    stays in use.
+    """
+    try:
+        async with asyncio.timeout(limit):
+            channel = await connection.channel(
+                publisher_confirms=True, on_return_raises=on_return_raises
+            )
+            found = [await channel.get_exchange(name, ensure=False) for name in exchanges]
+    except (TimeoutError, AMQPError, ConnectionError, RuntimeError) as exc:
+        log.warning("amqp.channel_not_renewed", owner=owner, error=f"{type(exc).__name__}: {exc}")
+        return None
+    if old is not None:
+        with contextlib.suppress(Exception):
+            await old.close()
+    log.info("amqp.channel_renewed", owner=owner)
+    return channel, found
+
+
+def copy_delivery(
+    message: AbstractIncomingMessage, *, headers: Mapping[str, Any], user_id: str | None
+) -> aio_pika.Message:
+    """A persistent copy of a delivery, every property kept but its ``headers`` and ``user_id``.
+
+    Body and ``reply_to`` stay as they were, so a signed claim check stays valid;
+    ``user_id`` must be the publishing connection's user (RabbitMQ allows no other).
+    """
+    return aio_pika.Message(
+        message.body,
+        headers=dict(headers),
+        user_id=user_id,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+    )

@@ -13,7 +13,7 @@ The request is the PCM itself (``content_type`` :data:`WINDOW_CONTENT_TYPE`,
 little-endian int16 mono at 16 kHz) with the options in headers; the answer is
 :class:`LiveReply` as JSON. Both are bounded: a window longer than
 :data:`MAX_WINDOW_SECONDS` or a prompt longer than :data:`MAX_PROMPT_CHARS` is
-refused with an error reply.
+refused with an error reply. Each message's encoder sits beside its decoder.
 """
 
 from __future__ import annotations
@@ -23,9 +23,18 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
+import aio_pika
 from pydantic import BaseModel, ConfigDict, Field
 
-from stt_daemon.common.protocol import SCHEMA_VERSION, Segment, Task, TranscriptResult, utcnow
+from stt_daemon.common.protocol import (
+    JSON_CONTENT_TYPE,
+    SCHEMA_VERSION,
+    DecodeError,
+    Segment,
+    Task,
+    TranscriptResult,
+    utcnow,
+)
 
 #: Raw PCM: 16-bit little-endian signed, mono, 16 kHz.
 WINDOW_CONTENT_TYPE = "audio/x-stt-pcm16; rate=16000"
@@ -137,3 +146,92 @@ class SessionEvent(BaseModel):
     segment: Segment | None = None
     result: TranscriptResult | None = None
     error: str | None = None
+
+
+def window_refusal(body: bytes, *, content_type: str | None, reply_to: str | None) -> str | None:
+    """Why a window cannot be taken (None when it can); its options are read apart."""
+    ctype = (content_type or "").replace(" ", "").lower()
+    if ctype != WINDOW_CONTENT_TYPE.replace(" ", "").lower():
+        return f"live windows are {WINDOW_CONTENT_TYPE!r}, not {content_type!r}"
+    if len(body) > MAX_WINDOW_BYTES:
+        return f"window of {len(body)} bytes is over {MAX_WINDOW_BYTES}"
+    if len(body) % 2:
+        return "16-bit PCM has an even number of bytes"
+    if not reply_to:
+        return "a live window needs reply_to"
+    return None
+
+
+def encode_window(
+    pcm: bytes,
+    options: WindowOptions,
+    *,
+    wait: float,
+    reply_to: str,
+    correlation_id: str,
+    user_id: str | None,
+) -> aio_pika.Message:
+    """A window for a live queue; the sender waits ``wait`` seconds for the answer.
+
+    The window then expires in its queue, and its deadline header tells a daemon
+    that takes it later to skip it. The PCM goes as it is, neither checked nor
+    copied: this is every window's path, and the daemon checks it anyway.
+    """
+    headers = options.headers()
+    headers[HEADER_DEADLINE] = f"{time.time() + wait:.3f}"
+    return aio_pika.Message(
+        pcm,
+        content_type=WINDOW_CONTENT_TYPE,
+        headers=headers,
+        reply_to=reply_to,
+        correlation_id=correlation_id,
+        expiration=wait,
+        user_id=user_id,
+    )
+
+
+def decode_reply(body: bytes) -> LiveReply:
+    """Decode a daemon's answer to a window."""
+    try:
+        return LiveReply.model_validate_json(body)
+    except ValueError as exc:
+        raise DecodeError(f"invalid live reply: {exc}") from None
+
+
+def encode_reply(
+    reply: LiveReply, *, correlation_id: str | None, user_id: str | None
+) -> aio_pika.Message:
+    """The answer to a window (sent to its ``reply_to``), defaults left out: it is sent often."""
+    return aio_pika.Message(
+        reply.model_dump_json(exclude_defaults=True).encode(),
+        content_type=JSON_CONTENT_TYPE,
+        correlation_id=correlation_id,
+        user_id=user_id,
+    )
+
+
+def decode_session_event(body: bytes) -> SessionEvent:
+    """Decode a live session's news from the results exchange."""
+    try:
+        return SessionEvent.model_validate_json(body)
+    except ValueError as exc:
+        raise DecodeError(f"invalid session event: {exc}") from None
+
+
+def session_event_message_id(news: SessionEvent) -> str:
+    """The ``message_id`` of a session's news: one per utterance, one for the end."""
+    if news.event == "session.segment":
+        return f"{news.session_id}:segment:{news.segment.id if news.segment else ''}"
+    return f"{news.session_id}:ended"
+
+
+def encode_session_event(news: SessionEvent, *, user_id: str | None) -> aio_pika.Message:
+    """A session's news for the results exchange (routing key ``news.event``), persistent."""
+    return aio_pika.Message(
+        news.model_dump_json(exclude_none=True).encode(),
+        content_type=JSON_CONTENT_TYPE,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=session_event_message_id(news),
+        user_id=user_id,
+        type=news.event,
+    )

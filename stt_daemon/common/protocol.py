@@ -1,22 +1,29 @@
 """The wire contract: job messages, result events and their JSON encoding.
 
 The daemon owns the protocol it consumes; the gateway and outside producers
-import it. This module imports nothing else of ours and never faster-whisper.
+import it. Each message has its encoder beside its decoder: body, content type,
+headers and the other AMQP properties are written here once, and every publisher
+uses them. This module imports nothing else of ours and never faster-whisper.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+import aio_pika
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCHEMA_VERSION: Literal[1] = 1
 JSON_CONTENT_TYPE = "application/json"
+#: Routing keys on the control exchange: a cancellation, and a gateway asking every
+#: daemon to announce itself now (announcements go as ``daemon.up`` / ``daemon.down``).
+CANCEL_ROUTING_KEY = "job.cancel"
+HELLO_ROUTING_KEY = "gateway.hello"
 
 #: Headers an AMQP-only producer may set on a raw ``audio/*`` message body.
 INLINE_OPTION_HEADERS = (
@@ -496,6 +503,70 @@ def decode_job(
     return InboundJob(message=message)
 
 
+#: Signs a claim check: the headers for its body and ``reply_to`` (``ClaimSigner.sign``).
+SignClaim = Callable[[bytes, str | None], Mapping[str, Any]]
+
+
+def encode_job(
+    job: JobMessage,
+    *,
+    user_id: str | None,
+    sign: SignClaim | None = None,
+    headers: Mapping[str, Any] | None = None,
+    reply_to: str | None = None,
+    correlation_id: str | None = None,
+) -> aio_pika.Message:
+    """A claim-check job as a persistent JSON message, signed when ``sign`` is given.
+
+    Its message_id is the job id; a part's is ``<job_id>#<index>``, so that the
+    parts of one recording are not duplicates of each other. ``headers`` come
+    after the signature (a daemon's copy names the job's producer there).
+    """
+    body = job.model_dump_json(exclude_none=True).encode()
+    part = job.part
+    return aio_pika.Message(
+        body,
+        headers={**(sign(body, reply_to) if sign else {}), **(headers or {})},
+        user_id=user_id,
+        content_type=JSON_CONTENT_TYPE,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=job.job_id if part is None else f"{job.job_id}#{part.index}",
+        timestamp=job.submitted_at,
+        type="stt.job" if part is None else "stt.job.part",
+        reply_to=reply_to,
+        correlation_id=correlation_id,
+    )
+
+
+def encode_audio_job(
+    job_id: str,
+    audio: bytes,
+    *,
+    content_type: str,
+    options: JobOptions | None = None,
+    user_id: str | None = None,
+) -> aio_pika.Message:
+    """A job with its audio in the body (the outside producers' path), its options in headers.
+
+    Only the options set on ``options`` travel: without a ``model`` header a daemon
+    uses the model of the queue the job was routed to.
+    """
+    headers: dict[str, Any] = {}
+    if options is not None:
+        for name in INLINE_OPTION_HEADERS:
+            value = getattr(options, name)
+            if name in options.model_fields_set and value is not None:
+                headers[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    return aio_pika.Message(
+        audio,
+        headers=headers,
+        user_id=user_id,
+        content_type=content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=job_id,
+    )
+
+
 def decode_event(body: bytes) -> JobEvent:
     """Decode an event from the results exchange."""
     try:
@@ -504,7 +575,97 @@ def decode_event(body: bytes) -> JobEvent:
         raise DecodeError(f"invalid event: {exc}") from None
 
 
+def event_message_id(event: JobEvent) -> str:
+    """The AMQP ``message_id`` consumers de-duplicate on.
+
+    A job has one final event, so that one is named by the job: a daemon that dies
+    after publishing it but before its ack transcribes the job again, and the second
+    result must read as a duplicate of the first. Other events (``job.started`` each
+    attempt, ``job.progress`` many times) are each new: their own ``event_id``, made
+    once with the event, so a retried publish or a redelivery keeps it.
+    """
+    if event.event.status.is_final:
+        return f"{event.job_id}:{event.event.value}"
+    return event.event_id
+
+
+def encode_event(
+    event: JobEvent, *, user_id: str | None = None, correlation_id: str | None = None
+) -> aio_pika.Message:
+    """The AMQP message of an event: persistent, except progress (superseded within seconds).
+
+    Its routing key on the results exchange is ``event.event``. ``user_id`` is the
+    publisher's broker user: RabbitMQ checks it, and the status store and webhook
+    sender accept events only from the users they trust. The ``job_id`` header lets
+    a consumer skip events of jobs it does not follow without decoding them.
+    """
+    persistent = event.event is not EventType.PROGRESS
+    return aio_pika.Message(
+        event.model_dump_json(exclude_none=True).encode(),
+        content_type=JSON_CONTENT_TYPE,
+        delivery_mode=(
+            aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
+        ),
+        message_id=event_message_id(event),
+        correlation_id=correlation_id,
+        user_id=user_id,
+        type=event.event.value,
+        timestamp=event.timestamp,
+        headers={"job_id": event.job_id, "model": event.model or ""},
+    )
+
+
+def decode_cancel(body: bytes) -> CancelRequest:
+    """Decode a cancellation from the control exchange."""
+    try:
+        return CancelRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise DecodeError(f"invalid cancel request: {_summarise(exc)}") from None
+
+
+def encode_cancel(request: CancelRequest, *, user_id: str | None) -> aio_pika.Message:
+    """A cancellation (routing key :data:`CANCEL_ROUTING_KEY`): persistent, its stream keeps it."""
+    return aio_pika.Message(
+        request.model_dump_json().encode(),
+        content_type=JSON_CONTENT_TYPE,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=f"{request.job_id}:cancel",
+        user_id=user_id,
+    )
+
+
+def decode_announcement(body: bytes) -> DaemonAnnouncement:
+    """Decode a daemon's announcement; the error quotes none of the body (anyone may send one)."""
+    try:
+        return DaemonAnnouncement.model_validate_json(body)
+    except ValidationError as exc:
+        raise DecodeError(f"invalid announcement: {_summarise(exc)}") from None
+
+
+def encode_announcement(
+    announcement: DaemonAnnouncement, *, user_id: str | None
+) -> aio_pika.Message:
+    """An announcement (routing key ``daemon.<state>``): transient, and gone after three intervals.
+
+    An old announcement is worthless: a gateway that hears none for three intervals
+    drops the daemon anyway.
+    """
+    return aio_pika.Message(
+        announcement.model_dump_json().encode(),
+        content_type=JSON_CONTENT_TYPE,
+        delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+        expiration=announcement.interval * 3,
+        user_id=user_id,
+    )
+
+
+def encode_hello() -> aio_pika.Message:
+    """A gateway's hello (routing key :data:`HELLO_ROUTING_KEY`); daemons read no body."""
+    return aio_pika.Message(b"{}", content_type=JSON_CONTENT_TYPE)
+
+
 def _summarise(exc: ValidationError) -> str:
+    # Locations and messages only: never the input, which may be anyone's bytes.
     parts = []
     for err in exc.errors()[:3]:
         loc = ".".join(str(p) for p in err["loc"]) or "body"

@@ -7,8 +7,8 @@ from typing import Any
 import aio_pika
 import pytest
 
-from stt_daemon.common.protocol import EventType, JobEvent, decode_event
-from stt_daemon.events import EventPublisher, event_message
+from stt_daemon.common.protocol import EventType, JobEvent, decode_event, encode_event
+from stt_daemon.events import EventPublisher
 
 
 class RecordingExchange:
@@ -32,13 +32,13 @@ def progress(job_id: str, fraction: float) -> JobEvent:
 
 
 def test_each_progress_event_of_a_job_has_its_own_message_id() -> None:
-    ids = [event_message(progress("j1", f)).message_id for f in (0.1, 0.2, 0.3)]
+    ids = [encode_event(progress("j1", f)).message_id for f in (0.1, 0.2, 0.3)]
     assert len(set(ids)) == 3, ids
 
 
 def test_each_attempt_start_has_its_own_message_id() -> None:
     first, second = (
-        event_message(JobEvent(event=EventType.STARTED, job_id="j1", attempt=n)).message_id
+        encode_event(JobEvent(event=EventType.STARTED, job_id="j1", attempt=n)).message_id
         for n in (1, 2)
     )
     assert first != second
@@ -59,11 +59,11 @@ def test_an_event_read_back_from_the_wire_keeps_its_id() -> None:
     # A consumer that republishes what it received (a relay, a dead-letter replay).
     event = progress("j1", 0.5)
     again = decode_event(event.model_dump_json().encode())
-    assert event_message(again).message_id == event_message(event).message_id
+    assert encode_event(again).message_id == encode_event(event).message_id
 
 
 @pytest.mark.parametrize("kind", [EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED])
 def test_a_jobs_final_event_is_named_by_the_job(kind: EventType) -> None:
     # A daemon that died before its ack runs the job again: its second result is a duplicate.
     first, rerun = (JobEvent(event=kind, job_id="j1", attempt=n) for n in (1, 2))
-    assert event_message(first).message_id == event_message(rerun).message_id == f"j1:{kind}"
+    assert encode_event(first).message_id == encode_event(rerun).message_id == f"j1:{kind}"

@@ -18,9 +18,9 @@ from stt_daemon.common.protocol import (
     JobEvent,
     JobStatus,
     TranscriptResult,
+    encode_event,
 )
 from stt_daemon.common.topology import Names
-from stt_daemon.events import event_message
 
 RESULT = TranscriptResult(text="hello", duration=1.0, model="tiny.en", segments=[])
 
@@ -96,7 +96,7 @@ class FakeMessage:
 
 
 def delivery(e: JobEvent, user_id: str | None = "stt-daemon") -> FakeMessage:
-    message = event_message(e, user_id=user_id)
+    message = encode_event(e, user_id=user_id)
     return FakeMessage(message.body, user_id, dict(message.headers))
 
 

@@ -113,10 +113,15 @@ def test_a_result_without_a_language_survives_the_wire() -> None:
     # Silence per channel detects no language; events are sent without their None
     # fields, and the recorder once refused such a final event, leaving the job
     # "processing" for ever.
-    from stt_daemon.common.protocol import EventType, JobEvent, TranscriptResult, decode_event
-    from stt_daemon.events import event_message
+    from stt_daemon.common.protocol import (
+        EventType,
+        JobEvent,
+        TranscriptResult,
+        decode_event,
+        encode_event,
+    )
 
     result = TranscriptResult(text="", language=None, duration=600.0, model="tiny.en", segments=[])
     event = JobEvent(event=EventType.SUCCEEDED, job_id="j", result=result)
-    decoded = decode_event(event_message(event).body)
+    decoded = decode_event(encode_event(event).body)
     assert decoded.result is not None and decoded.result.language is None
