@@ -334,15 +334,31 @@ class LiveSession:
         window_end = offset + reply.duration
         if reply.language and self._language is None:
             self._language = reply.language  # keep the language steady from now on
+        speech = [(offset + a, offset + b) for a, b in reply.speech]
+        words = self._heard_words(reply, speech)
+        self._notice_speech_start(speech)
+        until = window_end - self._limits.hold
+        if self._in_speech and window_end - self._speech_from < self._limits.settle:
+            until = float("-inf")  # too little of this utterance heard yet to commit
+        committed = self._agreement.insert(words, until=until)
+        self._emit(Hypothesis(committed, self._agreement.tail))
+        self._after_speech(speech, window_end, reply.duration)
+        self._trim_for_length(window_end)
+
+    def _heard_words(self, reply: LiveReply, speech: list[tuple[float, float]]) -> list[TimedWord]:
+        """The answer's words in session time, without those the VAD heard no speech under.
+
+        Those are Whisper filling silence. Overlap, not the start: Whisper often starts
+        the first word after a pause early.
+        """
+        offset = self._start
         words = [
             TimedWord(offset + w.start, offset + w.end, w.word, w.probability) for w in reply.words
         ]
-        speech = [(offset + a, offset + b) for a, b in reply.speech]
-        # Words the VAD heard no speech under are Whisper filling silence. Overlap,
-        # not the start: Whisper often starts the first word after a pause early.
-        words = [
-            w for w in words if any(w.start <= b + 0.3 and w.end >= a - 0.3 for a, b in speech)
-        ]
+        return [w for w in words if any(w.start <= b + 0.3 and w.end >= a - 0.3 for a, b in speech)]
+
+    def _notice_speech_start(self, speech: list[tuple[float, float]]) -> None:
+        """Open an utterance when speech is heard after the last one ended."""
         # The window keeps audio from before the last utterance ended (context):
         # only speech after that end starts a new one.
         fresh_speech = [(a, b) for a, b in speech if b > self._last_stop + 0.05]
@@ -350,12 +366,12 @@ class LiveSession:
             self._in_speech = True
             self._speech_from = max(fresh_speech[0][0], self._last_stop)
             self._emit(SpeechStarted(round(self._speech_from, 3)))
-        until = window_end - self._limits.hold
-        if self._in_speech and window_end - self._speech_from < self._limits.settle:
-            until = float("-inf")  # too little of this utterance heard yet to commit
-        committed = self._agreement.insert(words, until=until)
-        self._emit(Hypothesis(committed, self._agreement.tail))
-        silent_for = window_end - speech[-1][1] if speech else reply.duration
+
+    def _after_speech(
+        self, speech: list[tuple[float, float]], window_end: float, duration: float
+    ) -> None:
+        """Close the utterance after enough silence, and choose when to look next."""
+        silent_for = window_end - speech[-1][1] if speech else duration
         self._next_step = self._limits.step
         if self.options.vad and self._in_speech and 0 < silent_for < self._end_silence:
             # Speech may just have stopped: look again as soon as enough silence is in,
@@ -370,7 +386,6 @@ class LiveSession:
         elif not speech and not self._agreement.tail:
             # Nothing but silence: keep a moment of it, in case speech starts at the edge.
             self._trim(window_end - 1.0)
-        self._trim_for_length(window_end)
 
     def _complete_utterance(self, stop: float, *, final: bool) -> None:
         """Commit the tentative words and close the utterance in progress (if any words)."""
