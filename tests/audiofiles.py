@@ -6,14 +6,19 @@ import subprocess
 import wave
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
 
 from stt_daemon.audio import decode
 
+#: The codecs used here, named as PyAV's stubs name them, so each stream gets its kind.
+AudioCodec = Literal["pcm_s16le", "libmp3lame", "libopus", "aac"]
+VideoCodec = Literal["mpeg4"]
+
 #: container suffix -> (audio codec, sample rate, optional video codec)
-FORMATS: dict[str, tuple[str, int, str | None]] = {
+FORMATS: dict[str, tuple[AudioCodec, int, VideoCodec | None]] = {
     "wav": ("pcm_s16le", 16000, None),
     "mp3": ("libmp3lame", 44100, None),
     "ogg": ("libopus", 48000, None),  # Ogg/Opus

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,22 +157,40 @@ class Stack:
             **extra,
         }
 
-    async def daemon(self, wait: bool = True, argv: list[str] | None = None, **env: str) -> Proc:
-        """Start a daemon (``python -m stt_daemon``, or ``argv``) and wait until it consumes."""
+    async def daemon(
+        self,
+        wait: bool = True,
+        argv: list[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        **env: str,
+    ) -> Proc:
+        """Start a daemon (``python -m stt_daemon``, or ``argv``) and wait until it consumes.
+
+        Its environment gets ``environ`` (a shared set of settings) and then ``env``.
+        """
         argv = argv or [sys.executable, "-m", "stt_daemon"]
-        proc = Proc("daemon", argv, self._env(env, "daemon"), self.data_dir)
+        proc = Proc("daemon", argv, self._env({**(environ or {}), **env}, "daemon"), self.data_dir)
         self.procs.append(proc)
         if wait:
             await proc.wait_for_log("daemon.ready", timeout=120)
         return proc
 
     async def gateway(
-        self, port: int | None = None, wait_ready: bool = True, **env: str
+        self,
+        port: int | None = None,
+        wait_ready: bool = True,
+        environ: Mapping[str, str] | None = None,
+        **env: str,
     ) -> Gateway:
-        """Start a gateway on a free port and wait until /readyz says ready."""
+        """Start a gateway on a free port and wait until /readyz says ready.
+
+        Its environment gets ``environ`` (a shared set of settings) and then ``env``.
+        """
         port = port or free_port()
         argv = [sys.executable, "-m", "gateway", "--port", str(port)]
-        proc = Proc("gateway", argv, self._env(env, "gateway"), self.data_dir)
+        proc = Proc(
+            "gateway", argv, self._env({**(environ or {}), **env}, "gateway"), self.data_dir
+        )
         self.procs.append(proc)
         gw = Gateway(proc, f"http://127.0.0.1:{port}")
         await gw.wait_up(ready=wait_ready)
@@ -289,6 +307,14 @@ class EventTap:
     def of(self, job_id: str, kind: str | None = None) -> list[JobEvent]:
         """Events seen for one job (optionally of one kind)."""
         return [e for e in self.events if e.job_id == job_id and (kind is None or e.event == kind)]
+
+    def progress(self, job_id: str) -> list[float]:
+        """The fractions of the job's ``job.progress`` events, in order (each carries one)."""
+        fractions = []
+        for event in self.of(job_id, "job.progress"):
+            assert event.progress is not None, event
+            fractions.append(event.progress)
+        return fractions
 
     async def wait_for(
         self, job_id: str, kinds: tuple[str, ...], timeout: float = 120.0

@@ -48,10 +48,10 @@ async def fanout(ctx: Context) -> list[Row]:
     env = {"STT_ENGINE": "standin", "STT_STANDIN_RTF": str(rtf), "STT_PREFETCH": "1"}
     stack = ctx.stack("fanout")
     gw = await stack.gateway()
-    daemons = [await stack.daemon(**env)]
+    daemons = [await stack.daemon(environ=env)]
     whole = await _one(ctx, stack, gw, talk, split=False)
     one = await _one(ctx, stack, gw, talk, split=True)
-    more = [await stack.daemon(wait=False, **env) for _ in range(DAEMONS - 1)]
+    more = [await stack.daemon(wait=False, environ=env) for _ in range(DAEMONS - 1)]
     await asyncio.gather(*(d.wait_for_log("daemon.ready", timeout=120) for d in more))
     daemons += more
     four = await _one(ctx, stack, gw, talk, split=True)

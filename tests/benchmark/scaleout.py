@@ -33,7 +33,7 @@ async def scaleout(ctx: Context) -> list[Row]:
     daemons: list[Proc] = []
     rates: dict[int, float] = {}
     for count in COUNTS:
-        new = [await stack.daemon(wait=False, **env) for _ in range(count - len(daemons))]
+        new = [await stack.daemon(wait=False, environ=env) for _ in range(count - len(daemons))]
         await asyncio.gather(*(d.wait_for_log("daemon.ready", timeout=120) for d in new))
         daemons += new
         await _round(ctx, stack, gw, count)  # warm-up round, not timed

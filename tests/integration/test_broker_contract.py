@@ -39,8 +39,8 @@ async def test_downstream_consumer_receives_started_progress_and_succeeded(
     assert kinds[0] == "job.started"
     assert "job.progress" in kinds
     assert kinds.count("job.succeeded") == 1
-    progress = [e.progress for e in tap.of(job["id"], "job.progress")]
-    assert progress == sorted(progress) and all(0 < p < 1 for p in progress if p is not None)
+    progress = tap.progress(job["id"])
+    assert progress == sorted(progress) and all(0 < p < 1 for p in progress)
 
 
 async def test_raw_audio_producer_with_direct_reply_to(

@@ -89,7 +89,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 async def _sender_up(stack: Stack, **env: str) -> Gateway:
-    gw = await stack.gateway(**env)
+    gw = await stack.gateway(environ=env)
     # The callbacks queue exists once the sender consumes: events before it would be lost.
     await gw.proc.wait_for_log("callbacks.started")
     return gw
@@ -142,7 +142,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("forget_delay_que
 
 
 async def test_literal_loopback_and_odd_spellings_are_refused_at_submit(stack: Stack) -> None:
-    gw = await stack.gateway(**BASE_ENV)
+    gw = await stack.gateway(environ=BASE_ENV)
     async with gw.client() as client:
         for host in ("127.0.0.1", "0x7f000001", "2130706433", "0177.0.0.1", "[::ffff:127.0.0.1]"):
             response = await client.post(

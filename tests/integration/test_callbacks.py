@@ -91,7 +91,7 @@ async def test_callback_is_signed_and_retried_until_delivered(
     stack: Stack, receiver: Receiver
 ) -> None:
     receiver.fail_first = 2
-    gw = await stack.gateway(**CALLBACK_ENV)
+    gw = await stack.gateway(environ=CALLBACK_ENV)
     await stack.daemon()
     job = await gw.submit(JFK, callback_url=receiver.url)
     headers, body = await receiver.wait_delivered()
@@ -108,7 +108,7 @@ async def test_callback_is_signed_and_retried_until_delivered(
 async def test_failed_jobs_call_back_too_and_tampering_is_detectable(
     stack: Stack, receiver: Receiver
 ) -> None:
-    gw = await stack.gateway(**CALLBACK_ENV)
+    gw = await stack.gateway(environ=CALLBACK_ENV)
     await stack.daemon()
     job = await gw.submit(b"definitely not audio" * 40, callback_url=receiver.url)
     headers, body = await receiver.wait_delivered()
@@ -122,13 +122,13 @@ async def test_failed_jobs_call_back_too_and_tampering_is_detectable(
 async def test_callback_due_while_no_gateway_runs_is_sent_later(
     stack: Stack, receiver: Receiver
 ) -> None:
-    gw = await stack.gateway(**CALLBACK_ENV)
+    gw = await stack.gateway(environ=CALLBACK_ENV)
     job = await gw.submit(JFK, callback_url=receiver.url)
     await gw.proc.stop()
     await stack.daemon()
     await asyncio.sleep(6)  # the job finishes while no gateway is up
     assert receiver.calls == []
-    await stack.gateway(**CALLBACK_ENV)
+    await stack.gateway(environ=CALLBACK_ENV)
     headers, body = await receiver.wait_delivered(timeout=30)
     assert _verify(headers, body)["id"] == job["id"]
 
@@ -143,7 +143,7 @@ async def test_callback_urls_are_validated(stack: Stack) -> None:
         )
         assert response.status_code == 400
         assert "STT_CALLBACK_SECRET" in response.json()["detail"]
-    signed = await stack.gateway(**CALLBACK_ENV)
+    signed = await stack.gateway(environ=CALLBACK_ENV)
     async with signed.client() as client:
         response = await client.post(
             "/v1/jobs",

@@ -38,13 +38,13 @@ async def _wait_models(gw: Gateway, want: dict[str, int], timeout: float = 20) -
 
 
 async def test_models_list_follows_live_daemons(stack: Stack) -> None:
-    gw = await stack.gateway(**FAST)
+    gw = await stack.gateway(environ=FAST)
     assert await _models(gw) == {}
-    first = await stack.daemon(**FAST)
+    first = await stack.daemon(environ=FAST)
     await _wait_models(gw, {"tiny.en": 1})
     model = (await _models(gw))["tiny.en"]
     assert model["capacity"] == 3 and model["queue"].endswith(".jobs.tiny.en")
-    second = await stack.daemon(**FAST)
+    second = await stack.daemon(environ=FAST)
     await _wait_models(gw, {"tiny.en": 2})
     first.signal(signal.SIGKILL)  # says nothing: drops out after three silent intervals
     await _wait_models(gw, {"tiny.en": 1})
@@ -55,14 +55,14 @@ async def test_models_list_follows_live_daemons(stack: Stack) -> None:
 async def test_models_served_only_by_daemons_are_accepted(stack: Stack) -> None:
     """A daemon may serve a model the gateway was not configured with."""
     tiny = resolve("tiny.en").path
-    gw = await stack.gateway(**FAST)
+    gw = await stack.gateway(environ=FAST)
     async with gw.client() as client:
         refused = await client.post(
             "/v1/jobs", files={"file": ("a.flac", JFK.read_bytes())}, data={"model": "mine"}
         )
         assert refused.status_code == 400
         assert "mine" in refused.json()["detail"] and "tiny.en" in refused.json()["detail"]
-    await stack.daemon(STT_MODELS=f"mine={tiny}", **FAST)
+    await stack.daemon(environ=FAST, STT_MODELS=f"mine={tiny}")
     await _wait_models(gw, {"mine": 1})
     job = await gw.submit(JFK, model="mine")
     final = await gw.wait_final(job["id"])

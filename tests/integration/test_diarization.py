@@ -69,7 +69,7 @@ async def deployment(
     env = {"STT_SPLIT_SECONDS": str(SPLIT_SECONDS), "STT_PART_SECONDS": str(PART_SECONDS)}
     try:
         gw = await stack.gateway()
-        daemons = list(await asyncio.gather(stack.daemon(**env), stack.daemon(**env)))
+        daemons = list(await asyncio.gather(stack.daemon(environ=env), stack.daemon(environ=env)))
         for daemon in daemons:  # checked at start; onnxruntime loads it with the first job
             assert len((await daemon.wait_for_log("speakers.ready"))["sha256"]) == 12
         await _wait_for_daemons(gw, 2)

@@ -52,7 +52,7 @@ async def test_parts_run_on_every_daemon_and_merge_in_order(
 ) -> None:
     talk = long_talk(tmp_path / "talk.wav", 420, tmp_path)
     gw = await stack.gateway()
-    daemons = [await stack.daemon(**STANDIN) for _ in range(3)]
+    daemons = [await stack.daemon(environ=STANDIN) for _ in range(3)]
     async with event_tap(channel, stack.names) as tap:
         job = await gw.submit(talk)
         final = await gw.wait_final(job["id"], timeout=180)
@@ -71,7 +71,7 @@ async def test_parts_run_on_every_daemon_and_merge_in_order(
         assert sum(1 for d in daemons if logged([d], "part.done")) >= 2  # shared out
         # One job to the outside: every event names it, progress rises, one final.
         assert {e.job_id for e in tap.events} == {job["id"]}
-        progress = [e.progress for e in tap.of(job["id"], "job.progress")]
+        progress = tap.progress(job["id"])
         assert len(progress) >= parts - 1
         assert progress == sorted(progress) and 0 < progress[-1] < 1
         assert len(tap.of(job["id"], "job.succeeded")) == 1
@@ -111,7 +111,7 @@ async def test_cancelling_a_split_recording_stops_its_parts(
     gw = await stack.gateway()
     # Parts of at most 20 s, each taking 6 s.
     slow = {"STT_STANDIN_RTF": "0.3", "STT_SPLIT_SECONDS": "60", "STT_PART_SECONDS": "20"}
-    daemon = await stack.daemon(**{**STANDIN, **slow})
+    daemon = await stack.daemon(environ={**STANDIN, **slow})
     async with event_tap(channel, stack.names) as tap:
         job = await gw.submit(talk)
         await tap.wait_for(job["id"], ("job.progress",), timeout=120)
@@ -128,7 +128,7 @@ async def test_a_full_queue_runs_the_recording_whole(stack: Stack, tmp_path: Pat
     talk = long_talk(tmp_path / "talk.wav", 200, tmp_path)
     # Room for two jobs: the parts of a 200 s recording do not fit.
     gw = await stack.gateway(STT_MAX_QUEUED="2")
-    daemon = await stack.daemon(**{**STANDIN, "STT_STANDIN_RTF": "0.02"}, STT_MAX_QUEUED="2")
+    daemon = await stack.daemon(environ={**STANDIN, "STT_STANDIN_RTF": "0.02"}, STT_MAX_QUEUED="2")
     job = await gw.submit(talk)
     final = await gw.wait_final(job["id"], timeout=120)
     assert final["status"] == "succeeded", final
@@ -146,7 +146,7 @@ async def test_a_daemon_killed_while_running_a_part_loses_nothing(
     talk = long_talk(tmp_path / "talk.wav", 300, tmp_path)
     gw = await stack.gateway()
     env = {**STANDIN, "STT_STANDIN_RTF": "0.1", "STT_HEARTBEAT": "5"}
-    victim, survivor = await stack.daemon(**env), await stack.daemon(**env)
+    victim, survivor = await stack.daemon(environ=env), await stack.daemon(environ=env)
     async with event_tap(channel, stack.names) as tap:
         job = await gw.submit(talk)
         # Kill the victim in the middle of a part: after it finished one, as it runs the next.

@@ -207,14 +207,14 @@ async def test_a_daemon_killed_late_in_a_long_job_leaves_only_the_rest(
     gw = await stack.gateway()
     env = {"STT_SPLIT_SECONDS": "0", "STT_CHECKPOINT_SECONDS": "1", "STT_PREFETCH": "1"}
     # The uninterrupted run, for comparison.
-    reference = await stack.daemon(STT_WORKER_NAME="reference", **env)
+    reference = await stack.daemon(environ=env, STT_WORKER_NAME="reference")
     first_run = (await gw.submit(talk))["id"]
     await gw.wait_final(first_run, timeout=240)
     async with gw.client() as client:
         whole = (await client.get(f"/v1/jobs/{first_run}/result")).json()
     reference.signal(signal.SIGTERM)
     assert await reference.wait_exit(60) == 0
-    victim = await stack.daemon(STT_WORKER_NAME="victim", **env)
+    victim = await stack.daemon(environ=env, STT_WORKER_NAME="victim")
     async with event_tap(channel, stack.names) as tap:
         job_id = (await gw.submit(talk))["id"]
         deadline = time.monotonic() + 180
@@ -223,7 +223,7 @@ async def test_a_daemon_killed_late_in_a_long_job_leaves_only_the_rest(
             await asyncio.sleep(0.05)
         victim.signal(signal.SIGKILL)
         assert await victim.wait_exit() == -signal.SIGKILL
-        heir = await stack.daemon(STT_WORKER_NAME="heir", **env)
+        heir = await stack.daemon(environ=env, STT_WORKER_NAME="heir")
         history = await check_history(gw, tap, [job_id], timeout=240)
     assert history.with_status("succeeded") == [job_id]
     started = log_events(heir, "job.started")
@@ -246,7 +246,7 @@ async def supervised_crashing_daemon(stack: Stack, **env: str) -> AsyncIterator[
 
     async def keep_running() -> None:
         while True:
-            proc = await stack.daemon(wait=False, argv=argv, **env)
+            proc = await stack.daemon(wait=False, argv=argv, environ=env)
             runs.append(proc)
             await proc.wait_exit(timeout=3600)
 
@@ -318,7 +318,8 @@ async def test_innocent_jobs_beside_a_poison_job_are_not_failed_with_it(
         assert history.status(job_id) == "succeeded", history.final(job_id)
         result = history.final(job_id).result
         assert result is not None and JFK_SURE_WORDS in normalise(result.text)
-        assert history.final(job_id).attempt <= 2  # at most the one shared crash
+        attempt = history.final(job_id).attempt
+        assert attempt is not None and attempt <= 2  # at most the one shared crash
     # The poison, and only it, is in the dead-letter queue.
     dead = await drain_dead_letters(channel, stack.names, 1)
     assert [m.message_id for m in dead] == [poison]

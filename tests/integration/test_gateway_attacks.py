@@ -290,8 +290,8 @@ async def test_form_floods_are_refused_at_the_first_byte_past_a_limit(stack: Sta
             )
     watch.check("form floods")
     for name in attacks:
-        taken = [p.sent for n, p in zip(names, pushed, strict=True) if n == name]
-        print(f"{name}: {len(taken)} requests, most bytes taken {max(taken)}")
+        sent = [p.sent for n, p in zip(names, pushed, strict=True) if n == name]
+        print(f"{name}: {len(sent)} requests, most bytes taken {max(sent)}")
     for name, p in zip(names, pushed, strict=True):
         _, status, detail = attacks[name]
         # The answer is written at once, but the socket is closed on bytes still coming

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import aio_pika
 import numpy as np
+import numpy.typing as npt
 import pytest
 from faster_whisper import decode_audio
 
@@ -40,9 +41,9 @@ OFFLINE = normalise(
 
 
 def pcm(seconds_of_silence_after: float = 1.5) -> bytes:
-    samples = decode_audio(str(JFK), sampling_rate=16000)
+    samples: npt.NDArray[np.float32] = decode_audio(str(JFK), sampling_rate=16000)
     silence = np.zeros(int(16000 * seconds_of_silence_after), dtype=np.float32)
-    joined = np.concatenate([samples, silence, samples, silence])
+    joined: npt.NDArray[np.float32] = np.concatenate([samples, silence, samples, silence])
     return (np.clip(joined, -1, 1) * 32767).astype("<i2").tobytes()
 
 

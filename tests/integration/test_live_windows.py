@@ -8,6 +8,7 @@ import uuid
 
 import aio_pika
 import numpy as np
+import numpy.typing as npt
 import pytest
 from aio_pika.abc import AbstractChannel
 from faster_whisper import decode_audio
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 def pcm16(path: str, seconds: float | None = None) -> bytes:
     """The file as 16 kHz mono 16-bit PCM, optionally cut."""
-    samples = decode_audio(path, sampling_rate=16000)
+    samples: npt.NDArray[np.float32] = decode_audio(path, sampling_rate=16000)
     if seconds:
         samples = samples[: int(seconds * 16000)]
     return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()

@@ -108,7 +108,7 @@ async def test_events_without_a_trusted_user_id_change_nothing(
     stack: Stack, channel: AbstractChannel, amqp_url: str, receiver: Receiver
 ) -> None:
     receiver.fail_first = 1
-    gw = await stack.gateway(**CALLBACK_ENV)
+    gw = await stack.gateway(environ=CALLBACK_ENV)
     # Ready before the webhook sender has declared its queue: wait for it.
     await gw.proc.wait_for_log("callbacks.started", timeout=30)
     # No daemon: the job waits in its queue, and only the events below speak of it.

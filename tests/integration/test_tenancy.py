@@ -19,7 +19,7 @@ from typing import Any
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError
 
 from stack import HOTWORDS, JFK, Gateway, Stack, event_tap, normalise
@@ -71,6 +71,10 @@ async def _refused(action: Any) -> str:
     raise AssertionError("the broker allowed it")
 
 
+async def _never_called(message: AbstractIncomingMessage) -> None:
+    """A consumer callback for a consume the broker refuses."""
+
+
 async def test_a_producer_cannot_peek_at_take_or_kill_queued_jobs(stack: Stack) -> None:
     gw, job_id = await _victim(stack)
     names = stack.names
@@ -83,7 +87,7 @@ async def test_a_producer_cannot_peek_at_take_or_kill_queued_jobs(stack: Stack) 
             assert "ACCESS_REFUSED" in refusal
             channel = await producer.channel()
             queue = await channel.get_queue(queue_name, ensure=False)
-            assert "ACCESS_REFUSED" in await _refused(queue.consume(lambda m: None))
+            assert "ACCESS_REFUSED" in await _refused(queue.consume(_never_called))
             # Nor purge or delete it.
             channel = await producer.channel()
             assert "ACCESS_REFUSED" in await _refused(channel.queue_delete(queue_name))

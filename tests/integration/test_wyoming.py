@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from faster_whisper import decode_audio
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk
@@ -53,7 +54,7 @@ async def start_wyoming(
 
 def jfk_pcm(rate: int = 16000, channels: int = 1) -> bytes:
     """jfk.flac as 16-bit PCM at ``rate``, ``channels`` interleaved, and 1 s of silence after."""
-    samples = decode_audio(str(JFK), sampling_rate=rate)
+    samples: npt.NDArray[np.float32] = decode_audio(str(JFK), sampling_rate=rate)
     samples = np.concatenate([samples, np.zeros(rate, dtype=np.float32)])
     frames = np.repeat(samples, channels)  # L R L R ...: the same voice on both sides
     return (np.clip(frames, -1, 1) * 32767).astype("<i2").tobytes()

@@ -5,7 +5,7 @@ The real routers and middleware, a fake broker and an in-memory status store (no
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -106,14 +106,14 @@ def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[T
     structlog.contextvars.clear_contextvars()
 
 
-def logged(post: Any) -> tuple[Any, list[dict[str, Any]]]:
+def logged(post: Any) -> tuple[Any, list[MutableMapping[str, Any]]]:
     """What ``post()`` returned and the log lines it made, context included."""
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         result = post()
     return result, logs
 
 
-def access_lines(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def access_lines(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     return [line for line in logs if line["event"] == "http.request"]
 
 

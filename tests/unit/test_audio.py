@@ -119,5 +119,5 @@ def test_playlists_naming_other_files_are_refused(tmp_path: Path, name: str, tex
     playlist.write_text(text.format(target=JFK))
     for source in (playlist, io.BytesIO(playlist.read_bytes())):
         with pytest.raises(AudioError) as info:
-            decode(source, max_seconds=60)  # type: ignore[arg-type]
+            decode(source, max_seconds=60)
         assert info.value.code is ErrorCode.BAD_AUDIO

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from gateway.callbacks import (
@@ -226,7 +227,10 @@ async def test_a_receiver_that_does_not_answer_costs_one_timeout_then_a_retry() 
 
 def test_settings_make_a_guarded_sender() -> None:
     settings = GatewaySettings(
-        callback_secret="k", callback_allow="10.0.0.0/8", callback_per_host=3, callback_timeout=4
+        callback_secret=SecretStr("k"),
+        callback_allow="10.0.0.0/8",
+        callback_per_host=3,
+        callback_timeout=4,
     )
     sender = CallbackSender.from_settings(settings)
     assert sender._policy == EgressPolicy.parse("10.0.0.0/8")

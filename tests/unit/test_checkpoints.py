@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,10 @@ def _job(job_id: str = "job-1", sha: str = "a" * 64, **options: object) -> Inbou
     return InboundJob(
         message=JobMessage(job_id=job_id, options=JobOptions.model_validate(options), audio=audio)
     )
+
+
+def _ignore(fraction: float, segments: Sequence[Segment] = (), /) -> None:
+    """A progress callback that is told and does nothing."""
 
 
 def _seg(start: float, end: float, text: str = "w") -> Segment:
@@ -115,7 +120,7 @@ def test_the_stand_in_engine_resumes_where_the_checkpoint_ends() -> None:
     stop = threading.Event()
     seen: list[float] = []
 
-    def progress(fraction: float) -> None:
+    def progress(fraction: float, segments: Sequence[Segment] = (), /) -> None:
         seen.append(fraction)
         if fraction >= 0.4:
             stop.set()  # the daemon is asked to stop after the second window
@@ -129,6 +134,6 @@ def test_the_stand_in_engine_resumes_where_the_checkpoint_ends() -> None:
     assert checkpoint is not None and checkpoint.start == 60.0
     assert [s.end for s in checkpoint.segments] == [30.0, 60.0]
     second = Tracker(_job(), checkpoint, saved.append, interval=0)
-    result = engine.transcribe(audio, JobOptions(), lambda f: None, threading.Event(), second)
+    result = engine.transcribe(audio, JobOptions(), _ignore, threading.Event(), second)
     assert [s.start for s in result.segments] == [0, 30, 60, 90, 120]
     assert [s.id for s in result.segments] == [0, 1, 2, 3, 4]

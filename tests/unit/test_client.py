@@ -23,7 +23,9 @@ from gateway.client import Job, SttClient, SttConnectionError, SttError
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-def job_body(job_id: str, status: str = "queued", progress: float = 0.0, **extra: Any) -> dict:
+def job_body(
+    job_id: str, status: str = "queued", progress: float = 0.0, **extra: Any
+) -> dict[str, Any]:
     return {
         "id": job_id,
         "status": status,
@@ -43,6 +45,8 @@ def form_fields(request: httpx.Request) -> dict[str, Any]:
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         payload = part.get_payload(decode=True)
+        # A form part has a name, and decode=True gives its bytes.
+        assert isinstance(name, str) and isinstance(payload, bytes)
         if part.get_filename():
             fields[name] = (part.get_filename(), part.get_content_type(), payload)
         else:

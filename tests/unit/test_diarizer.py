@@ -1,10 +1,10 @@
 """The diarizer on real voices: tiny.en's words, CAM++ voice prints, speakers (no broker).
 
 The issue's accuracy targets, measured as the benchmark's ``diarization`` section
-measures them (its scoring functions): pyannote's two-speaker sample, three people
-taking turns, JFK and hotwords.mp3 alone, and the sample cut in halves that are
-transcribed and embedded apart, as the parts of a split recording are. Needs the
-prepared speaker model and fetches the speaker audio once (tests/speakeraudio.py).
+measures them (the scoring of tests/speakerscore.py): pyannote's two-speaker sample,
+three people taking turns, JFK and hotwords.mp3 alone, and the sample cut in halves
+that are transcribed and embedded apart, as the parts of a split recording are. Needs
+the prepared speaker model and fetches the speaker audio once (tests/speakeraudio.py).
 """
 
 from __future__ import annotations
@@ -17,13 +17,8 @@ from typing import Any
 import numpy as np
 import pydantic
 import pytest
-from benchmark.diarization import (
-    as_reference,
-    diarization_error_rate,
-    transcribe,
-    word_accuracy,
-)
 from speakeraudio import JFK, ROOT, pyannote_sample, three_voices
+from speakerscore import as_reference, diarization_error_rate, transcribe, word_accuracy
 
 from stt_daemon.audio import SAMPLE_RATE, ArraySamples, PcmFile, decode
 from stt_daemon.common.protocol import (

@@ -39,7 +39,7 @@ class Exchange:
     async def publish(self, message: aio_pika.Message, routing_key: str, mandatory: bool) -> None:
         assert mandatory  # a part must never vanish unrouted
         if self.nack_from is not None and len(self.published) >= self.nack_from:
-            raise DeliveryError(None, Basic.Nack())  # type: ignore[arg-type]
+            raise DeliveryError(None, Basic.Nack())
         self.published.append((message, routing_key))
 
 

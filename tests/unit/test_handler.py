@@ -104,6 +104,10 @@ class FakeEngine:
             segments=[Segment(id=0, start=0.0, end=1.0, text="fake words")],
         )
 
+    def detect_language(self, audio: Any) -> tuple[str, float]:
+        """Not reached by these jobs; fails loudly if it ever is."""
+        raise AssertionError("the fake engine detects no language")
+
 
 def _handler(
     tmp_path: Path, engine: FakeEngine, log: list[str], **settings: Any

@@ -12,12 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from gateway.callback_delays import DelayQueues
 from gateway.callbacks import CallbackSender, RetryPlan
 from gateway.config import GatewaySettings
-from gateway.recorder import Recorder, trusted_publishers
+from gateway.recorder import Recorder
+from gateway.trust import trusted_publishers
 from stt_daemon.common.protocol import EventType, JobEvent, JobOptions
 from stt_daemon.common.topology import Names
 
@@ -143,7 +145,9 @@ def test_settings_give_the_sender_its_trusted_users_and_the_delays_the_gateways(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("STT_EVENT_PUBLISHERS", "daemons")
-    settings = GatewaySettings(callback_secret="k", amqp_url="amqp://gw:pw@127.0.0.1:5672/")
+    settings = GatewaySettings(
+        callback_secret=SecretStr("k"), amqp_url="amqp://gw:pw@127.0.0.1:5672/"
+    )
     sender = CallbackSender.from_settings(settings)
     assert set(sender._trusted or ()) == {"daemons", "gw"}
     assert isinstance(sender._delays, DelayQueues) and sender._delays._user == "gw"

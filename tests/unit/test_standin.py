@@ -6,13 +6,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from stt_daemon.audio import SAMPLE_RATE, ArraySamples
-from stt_daemon.common.protocol import JobOptions
+from stt_daemon.common.protocol import JobOptions, Segment
 from stt_daemon.config import DaemonSettings
 from stt_daemon.engine import JobCancelled
 from stt_daemon.standin import StandInEngine
@@ -22,10 +23,18 @@ def _silence(seconds: float) -> ArraySamples:
     return ArraySamples(np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32))
 
 
+def _ignore(fraction: float, segments: Sequence[Segment] = (), /) -> None:
+    """A progress callback that is told and does nothing."""
+
+
 def test_result_has_one_segment_per_30_s_window_and_says_what_it_is() -> None:
     progress: list[float] = []
+
+    def record(fraction: float, segments: Sequence[Segment] = (), /) -> None:
+        progress.append(fraction)
+
     result = StandInEngine("tiny.en", rtf=0.0).transcribe(
-        _silence(75), JobOptions(), progress.append, threading.Event()
+        _silence(75), JobOptions(), record, threading.Event()
     )
     assert result.text == "[stand-in] 75.0 s of audio"
     assert [(s.start, s.end) for s in result.segments] == [(0, 30), (30, 60), (60, 75)]
@@ -38,7 +47,7 @@ def test_result_has_one_segment_per_30_s_window_and_says_what_it_is() -> None:
 
 def test_an_empty_clip_still_gets_a_segment() -> None:
     result = StandInEngine("tiny.en", rtf=1.0).transcribe(
-        _silence(0), JobOptions(), lambda _: None, threading.Event()
+        _silence(0), JobOptions(), _ignore, threading.Event()
     )
     assert len(result.segments) == 1
     assert result.duration == 0
@@ -48,7 +57,7 @@ def test_it_waits_at_least_rtf_times_the_audio() -> None:
     # A lower bound only: a sleep is never shorter than asked, however busy the machine.
     started = time.monotonic()
     StandInEngine("tiny.en", rtf=0.05).transcribe(
-        _silence(10), JobOptions(), lambda _: None, threading.Event()
+        _silence(10), JobOptions(), _ignore, threading.Event()
     )
     assert time.monotonic() - started >= 0.5
 
@@ -59,7 +68,7 @@ def test_cancellation_stops_the_wait() -> None:
     threading.Timer(0.2, cancelled.set).start()
     started = time.monotonic()
     with pytest.raises(JobCancelled):
-        engine.transcribe(_silence(10), JobOptions(), lambda _: None, cancelled)
+        engine.transcribe(_silence(10), JobOptions(), _ignore, cancelled)
     assert time.monotonic() - started < 60
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -171,7 +171,7 @@ class Announcement:
     user_id: str | None = None
 
 
-def _announcement(worker: str, state: str = "up") -> Announcement:
+def _announcement(worker: str, state: Literal["up", "down"] = "up") -> Announcement:
     body = DaemonAnnouncement(
         worker=worker, models=["tiny.en"], prefetch=1, interval=5, state=state
     ).model_dump_json()

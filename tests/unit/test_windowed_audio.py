@@ -76,7 +76,9 @@ def test_long_recordings_get_lazy_features_equal_to_rounding(
         assert np.allclose(got, reference[:, seek : seek + 3000], atol=1e-6)
     # "From here to the end" stays lazy when it is long, and slices on.
     tail = lazy[..., 100:]
-    assert np.allclose(tail[:, 0:50], reference[:, 100:150], atol=1e-6)
+    first = tail[:, 0:50]
+    assert isinstance(first, np.ndarray)
+    assert np.allclose(first, reference[:, 100:150], atol=1e-6)
 
 
 def test_speech_across_a_block_edge_is_one_stretch(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from faster_whisper.tokenizer import _LANGUAGE_CODES
+from pydantic import SecretStr
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
@@ -429,7 +430,7 @@ async def test_a_protocol_violation_closes_that_connection_only(raw: bytes) -> N
         # The other connection's transcription goes on.
         await good.write_event(AudioChunk(16000, 2, 1, b"\x00\x01" * 1600).event())
         await good.write_event(AudioStop().event())
-        kinds = []
+        kinds: list[str] = []
         while not kinds or kinds[-1] != "transcript-stop":
             event = await asyncio.wait_for(good.read_event(), 5)
             assert event is not None
@@ -513,7 +514,7 @@ def test_uris() -> None:
 def test_api_keys_keep_wyoming_off_unless_allowed(tmp_path: Path) -> None:
     open_gateway = GatewaySettings(_env_file=None)  # type: ignore[call-arg]
     assert check_exposure(open_gateway, allow_unauthenticated=False) is None
-    keyed = GatewaySettings(_env_file=None, api_keys="k1,k2")  # type: ignore[call-arg]
+    keyed = GatewaySettings(_env_file=None, api_keys=SecretStr("k1,k2"))  # type: ignore[call-arg]
     refusal = check_exposure(keyed, allow_unauthenticated=False)
     assert refusal is not None and "--allow-unauthenticated" in refusal
     assert check_exposure(keyed, allow_unauthenticated=True) is None
