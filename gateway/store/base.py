@@ -6,11 +6,19 @@ import asyncio
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import structlog
+from pydantic import GetCoreSchemaHandler
+from pydantic_core import core_schema
 
-from stt_daemon.common.protocol import ErrorInfo, EventType, JobEvent, JobStatus, TranscriptResult
+from stt_daemon.common.protocol import (
+    ErrorInfo,
+    EventType,
+    JobEvent,
+    JobStatus,
+    TranscriptResult,
+)
 
 log = structlog.get_logger("gateway.store")
 
@@ -18,6 +26,50 @@ log = structlog.get_logger("gateway.store")
 IDEMPOTENCY_TTL_WITHOUT_RETENTION = 24 * 3600
 #: Longest ``Idempotency-Key`` accepted.
 MAX_IDEMPOTENCY_KEY = 255
+
+
+class StoredResult:
+    """A job's transcript, kept as the store's JSON until something reads it.
+
+    A status poll reads the whole record but never the transcript, so it never
+    parses it: set to the JSON (``str`` or ``bytes``), the transcript is decoded on
+    first read, once. Set to a ``TranscriptResult`` (or None), it is that.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        # The instance's own attribute of the same name holds the value, so that
+        # pydantic (which fills a dataclass's __dict__ directly) and this agree.
+        self._name = name
+
+    @overload
+    def __get__(self, record: None, owner: Any) -> None: ...
+    @overload
+    def __get__(self, record: object, owner: Any) -> TranscriptResult | None: ...
+    def __get__(self, record: object | None, owner: Any) -> TranscriptResult | None:
+        """The transcript (decoded now if it was still JSON); the default on the class."""
+        if record is None:
+            return None
+        value = record.__dict__.get(self._name)
+        if isinstance(value, str | bytes):
+            value = record.__dict__[self._name] = TranscriptResult.model_validate_json(value)
+        return value
+
+    def __set__(self, record: object, value: TranscriptResult | str | bytes | None) -> None:
+        """Keep ``value``: a transcript, its JSON (decoded when first read) or None."""
+        record.__dict__[self._name] = value
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        """For pydantic, a record's result is a transcript or None."""
+        return handler.generate_schema(TranscriptResult | None)
+
+
+def result_json(record: JobRecord) -> str | bytes | None:
+    """The record's transcript as JSON, without decoding it when it is still JSON."""
+    value = record.__dict__.get("result")
+    return value.model_dump_json() if isinstance(value, TranscriptResult) else value
 
 
 @dataclass
@@ -38,7 +90,7 @@ class JobRecord:
     progress: float = 0.0
     attempts: int = 0
     worker: str | None = None
-    result: TranscriptResult | None = None
+    result: StoredResult = StoredResult()
     error: ErrorInfo | None = None
     #: The broker user that published the job (``amqp.broker_user`` of the gateway for
     #: its own jobs, ``JobEvent.producer`` for outside producers' jobs; "" for a publisher

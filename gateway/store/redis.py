@@ -3,7 +3,11 @@
 Keys, under the deployment's namespace (``STT_NAMESPACE``, so that deployments
 can share one Redis):
 
-- ``<ns>:job:<id>``: the job record as JSON; final jobs carry an EXPIRE of the retention;
+- ``<ns>:job:<id>``: the job record as JSON, but its transcript; final jobs carry an
+  EXPIRE of the retention;
+- ``<ns>:result:<id>``: the transcript's JSON, with the same EXPIRE: a status poll reads
+  the record without it, and the transcript is decoded only when read (records
+  written before it had a key of its own hold it inline, and still read);
 - ``<ns>:active:<owner>``: the set of the owner's unfinished job ids (the quota's count);
 - ``<ns>:idem:<owner, key>``: the job id bound to an idempotency key, with its own EXPIRE.
 
@@ -16,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from collections.abc import Callable
 from urllib.parse import urlparse
 
@@ -25,14 +28,19 @@ from pydantic import TypeAdapter
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from gateway.store.base import JobRecord, advance, idempotency_ttl, owner_scope
+from gateway.store.base import JobRecord, advance, idempotency_ttl, owner_scope, result_json
+from stt_daemon.common.backoff import Backoff
 from stt_daemon.common.protocol import JobEvent, JobStatus
 from stt_daemon.common.urls import redact
 
 SCHEMES = ("redis", "rediss", "unix")
 _RECORD = TypeAdapter(JobRecord)
+#: Left out of the job's key: the transcript has a key of its own.
+_RESULT = {"result"}
 #: Optimistic transactions lost in a row before giving up (each loss means another write won).
 _MAX_TRIES = 100
+#: Waits after a lost transaction: 1 ms doubling up to 50 ms, jittered so that rivals spread.
+_RACE_BACKOFF = Backoff(base=0.001, cap=0.05, jitter=True)
 
 # Bind a key unless it is bound already; answer the id bound before (nil when this call bound it).
 _CLAIM = """
@@ -91,6 +99,9 @@ class RedisStore:
     def _job_key(self, job_id: str) -> str:
         return f"{self._ns}:job:{job_id}"
 
+    def _result_key(self, job_id: str) -> str:
+        return f"{self._ns}:result:{job_id}"
+
     def _active_key(self, owner: str | None) -> str:
         return f"{self._ns}:active:{owner_scope(owner)}"
 
@@ -102,14 +113,17 @@ class RedisStore:
         """Queue the writes that store ``record`` and keep its owner's active set right."""
         final = record.status.is_final
         expiry = self._ttl if final and self._ttl > 0 else None
-        pipe.set(self._job_key(record.id), _RECORD.dump_json(record), ex=expiry)
+        pipe.set(self._job_key(record.id), _RECORD.dump_json(record, exclude=_RESULT), ex=expiry)
+        transcript = result_json(record)
+        if transcript is not None:
+            pipe.set(self._result_key(record.id), transcript, ex=expiry)
         if final:
             pipe.srem(self._active_key(record.owner), record.id)
         else:
             pipe.sadd(self._active_key(record.owner), record.id)
 
     def _drop(self, pipe: Pipeline, record: JobRecord) -> None:
-        pipe.delete(self._job_key(record.id))
+        pipe.delete(self._job_key(record.id), self._result_key(record.id))
         pipe.srem(self._active_key(record.owner), record.id)
 
     async def _transact(
@@ -132,7 +146,7 @@ class RedisStore:
                 except WatchError:
                     # Another gateway wrote the job between our read and our write:
                     # read again and decide again (with jitter, so that rivals spread).
-                    await asyncio.sleep(random.uniform(0, min(0.001 * 2**attempt, 0.05)))
+                    await asyncio.sleep(_RACE_BACKOFF.delay(attempt + 1))
         raise StoreConflict(f"job {job_id} changed under {_MAX_TRIES} tries in a row")
 
     async def create(self, record: JobRecord) -> None:
@@ -154,9 +168,14 @@ class RedisStore:
         await self._transact(job_id, decide)
 
     async def get(self, job_id: str) -> JobRecord | None:
-        """Fetch one job (an expired one is gone)."""
-        raw = await self._redis.get(self._job_key(job_id))
-        return _RECORD.validate_json(raw) if raw is not None else None
+        """Fetch one job (an expired one is gone); its transcript is decoded when read."""
+        raw, transcript = await self._redis.mget(self._job_key(job_id), self._result_key(job_id))
+        if raw is None:
+            return None
+        record = _RECORD.validate_json(raw)
+        if transcript is not None:
+            record.result = transcript
+        return record
 
     async def apply(self, event: JobEvent) -> bool:
         """Apply an event with ``advance()``, atomically across gateways."""

@@ -10,9 +10,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.store.base import JobRecord, advance, idempotency_ttl, owner_scope
+from gateway.store.base import JobRecord, advance, idempotency_ttl, owner_scope, result_json
 from gateway.store.dbthread import Connection
-from stt_daemon.common.protocol import ErrorInfo, JobEvent, JobStatus, TranscriptResult
+from stt_daemon.common.protocol import ErrorInfo, JobEvent, JobStatus
 
 #: Seconds a write waits for another process's lock on the database before giving up.
 LOCK_TIMEOUT = 5.0
@@ -106,7 +106,7 @@ def _row(record: JobRecord, expires_at: float | None) -> tuple[Any, ...]:
         record.progress,
         record.attempts,
         record.worker,
-        record.result.model_dump_json() if record.result else None,
+        result_json(record),
         record.error.model_dump_json() if record.error else None,
         expires_at,
         record.producer,
@@ -128,7 +128,8 @@ def _record(row: sqlite3.Row) -> JobRecord:
         progress=row["progress"],
         attempts=row["attempts"],
         worker=row["worker"],
-        result=TranscriptResult.model_validate_json(row["result"]) if row["result"] else None,
+        # As stored: decoded only if read (a status poll never does).
+        result=row["result"] or None,
         error=ErrorInfo.model_validate_json(row["error"]) if row["error"] else None,
         producer=row["producer"],
     )

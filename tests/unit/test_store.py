@@ -522,7 +522,7 @@ async def test_sqlite_writes_made_together_fail_alone(tmp_path: Path) -> None:
         for n in range(10):
             await _with_job(store, f"j{n}")
         with sqlite3.connect(tmp_path / "status.db") as db:  # a row that will not load
-            db.execute("UPDATE jobs SET result = 'not json' WHERE id = 'j3'")
+            db.execute("UPDATE jobs SET error = 'not json' WHERE id = 'j3'")
         outcomes = await asyncio.gather(
             *(store.apply(_event(EventType.STARTED, job_id=f"j{n}")) for n in range(10)),
             return_exceptions=True,
