@@ -1,4 +1,4 @@
-"""Settings both processes read: the broker, the stores, the models, the limits they share.
+"""Settings both processes read: the broker, the blob store, the models, the limits they share.
 
 Each process builds its own class on this one (``stt_daemon.config.DaemonSettings``,
 ``gateway.config.GatewaySettings``), so that its settings list what it reads.
