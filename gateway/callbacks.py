@@ -11,7 +11,7 @@ not in the gateway, and a destination host gets ``STT_CALLBACK_PER_HOST``
 calls at once: one tenant's slow receiver cannot hold the calls of others.
 Destinations are checked by :mod:`gateway.egress` at connect time. Only events
 whose broker-checked ``user_id`` is a trusted publisher's are sent (see
-:mod:`gateway.recorder`): a forged ``job.succeeded`` must not reach a receiver
+:mod:`gateway.trust`): a forged ``job.succeeded`` must not reach a receiver
 under our signature.
 """
 
@@ -34,7 +34,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from gateway.callback_delays import DelayQueues
 from gateway.config import GatewaySettings
 from gateway.egress import EgressPolicy, EgressRefused, check_callback_url, redact_url
-from gateway.recorder import trusted_publishers
+from gateway.trust import believed, trusted_publishers
 from gateway.webhook_http import webhook_client
 from stt_daemon.common import amqp
 from stt_daemon.common.backoff import Backoff
@@ -240,7 +240,7 @@ class CallbackSender:
             await self._delays.close()
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
-        if self._trusted is not None and message.user_id not in self._trusted:
+        if self._trusted is not None and not believed(message, self._trusted):
             # Not from a daemon (nor back from our own delay queues): never sent.
             self.untrusted += 1
             log.warning(

@@ -12,7 +12,7 @@ consumer. The cost is a copy of each event per gateway; one about a job that no
 stream follows is dropped by its ``job_id`` header, undecoded.
 
 Only events from trusted publishers are handed on, as the recorder believes them
-(:func:`gateway.recorder.trusted_publishers`), and only those that name the job's
+(:mod:`gateway.trust`), and only those that name the job's
 producer, as the status store applies them. The store stays the truth: a stream
 checks it every few seconds, so one whose final event was lost (it came before the
 stream subscribed, or while the broker was out of reach) still ends, with that event
@@ -39,8 +39,8 @@ from pydantic import ValidationError
 from starlette.requests import HTTPConnection
 
 from gateway.config import GatewaySettings
-from gateway.recorder import trusted_publishers
 from gateway.store import JobRecord, StatusStore
+from gateway.trust import believed, trusted_publishers
 from stt_daemon.common.protocol import (
     DecodeError,
     EventType,
@@ -212,7 +212,7 @@ class JobFeed:
         await message.ack()
         if not self._followers or not self._wanted(message):
             return
-        if message.user_id is None or message.user_id not in self._trusted:
+        if not believed(message, self._trusted):
             # The recorder warns about these (each is seen there once); not again here.
             self.untrusted += 1
             log.debug("jobfeed.untrusted_event", user_id=message.user_id)

@@ -4,11 +4,9 @@ Runs inside each gateway; all gateways share its durable queue as competing
 consumers, so every event is applied once by some gateway and none is lost
 while the gateways are down.
 
-Only events from trusted publishers are applied: RabbitMQ refuses a message
-whose ``user_id`` property is not the publishing connection's user, so the
-``user_id`` of a delivery names its publisher for certain. The daemons set it on
-every event; anyone else who may publish to the results exchange (a producer, a
-listener with too wide a grant) sends none or its own, and is not believed.
+The store has this one writer of statuses: a cancellation too reaches it as an
+event, the ``job.cancelled`` the gateway publishes (gateway/services.py). Only
+events from trusted publishers are applied (gateway/trust.py).
 """
 
 from __future__ import annotations
@@ -18,30 +16,17 @@ from collections.abc import Callable, Collection
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
-from yarl import URL
 
 from gateway.config import GatewaySettings
 from gateway.store import StatusStore
-from stt_daemon.common.amqp import broker_user
+from gateway.trust import DEFAULT_PUBLISHERS, believed, connection_user, trusted_publishers
 from stt_daemon.common.protocol import DecodeError, JobEvent, decode_event
 from stt_daemon.common.topology import Names
 
 log = structlog.get_logger("gateway.recorder")
 
-#: The default of ``STT_EVENT_PUBLISHERS``: the daemons' broker user (stt_daemon/roles.py).
-DEFAULT_PUBLISHERS = ("stt-daemon",)
 #: Seconds between two tries of an event the store would not take.
 STORE_RETRY_DELAY = 1.0
-
-
-def trusted_publishers(settings: GatewaySettings) -> frozenset[str]:
-    """``STT_EVENT_PUBLISHERS`` and the gateway's own broker user (its delayed webhook calls)."""
-    return frozenset(settings.event_publishers) | {broker_user(settings.amqp_url)}
-
-
-def connection_user(connection: AbstractRobustConnection) -> str:
-    """The broker user a connection logged in as (``guest`` when its URL names none)."""
-    return URL(str(getattr(connection, "url", ""))).user or "guest"
 
 
 def deliveries(message: AbstractIncomingMessage) -> int:
@@ -110,7 +95,7 @@ class Recorder:
 
     def trusts(self, message: AbstractIncomingMessage) -> bool:
         """True when the message's broker-checked publisher is one we believe."""
-        return message.user_id is not None and message.user_id in (self._trusted or ())
+        return believed(message, self._trusted or ())
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
         if not self.trusts(message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -19,7 +20,7 @@ from gateway.livesessions import LiveSessions
 from gateway.metrics import GatewayMetrics
 from gateway.requestid import current_request_id
 from gateway.store import JobRecord, StatusStore
-from gateway.store.base import MAX_IDEMPOTENCY_KEY
+from gateway.store.base import MAX_IDEMPOTENCY_KEY, advance
 from stt_daemon.common.amqp import broker_user
 from stt_daemon.common.blobs import BlobStore, BlobWriter
 from stt_daemon.common.languages import unsupported_language
@@ -34,6 +35,13 @@ from stt_daemon.common.protocol import (
     JobOptions,
     JobStatus,
 )
+
+log = structlog.get_logger("gateway.services")
+
+#: Seconds a cancellation waits for the recorder to show it in the store, and how
+#: often it looks (an idle recorder takes a few milliseconds).
+CANCEL_WAIT_S = 3.0
+CANCEL_POLL_S = 0.02
 
 
 class InvalidOptions(HTTPException):
@@ -221,17 +229,51 @@ class Services:
             )
 
     async def cancel(self, job_id: str, *, owner: str | None) -> JobRecord:
-        """Cancel a job that is not final yet: daemons skip it, or stop it if it runs."""
+        """Cancel a job that is not final yet: daemons skip it, or stop it if it runs.
+
+        The answer shows the job as the store has it once the recorder applied the
+        cancellation (or the final status that beat it).
+        """
         record = await self.job_or_404(job_id, owner=owner)
         if record.status.is_final:
             raise HTTPException(409, f"job is already {record.status.value}")
         # Broker first: if the daemons cannot be told, nothing changes (503).
         await self.broker.publish_cancel(CancelRequest(job_id=job_id))
+        # Then the status, as an event on the results exchange: the recorder is the one
+        # writer of the store, and streams and other consumers hear of it as they hear
+        # of the daemons' events. No options: a webhook is the daemon's to trigger, when
+        # it skips or stops the job. Should this publish fail (503), the daemons still
+        # report the job cancelled when they come to it.
         error = ErrorInfo(code=ErrorCode.CANCELLED, message="cancelled on request")
-        event = JobEvent(event=EventType.CANCELLED, job_id=job_id, model=record.model, error=error)
-        if await self.store.apply(event):
-            self.metrics.event_recorded(event)
-        return await self.job_or_404(job_id, owner=owner)
+        event = JobEvent(
+            event=EventType.CANCELLED,
+            job_id=job_id,
+            model=record.model,
+            error=error,
+            producer=record.producer,
+        )
+        await self.broker.publish_result_event(event)
+        return await self._recorded(record, event)
+
+    async def _recorded(self, record: JobRecord, event: JobEvent) -> JobRecord:
+        """The job once the store shows it final, waiting up to ``CANCEL_WAIT_S``.
+
+        A poll right after the answer must not see the job still running. Past the
+        wait (a recorder far behind, a store in trouble), the answer is the job as the
+        event will leave it, and the store catches up when the recorder gets there.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CANCEL_WAIT_S
+        current: JobRecord | None = record
+        while loop.time() < deadline:
+            await asyncio.sleep(CANCEL_POLL_S)
+            current = await self.store.get(record.id)
+            if current is None or current.status.is_final:
+                break
+        if current is not None and current.status.is_final:
+            return current
+        log.warning("cancel.not_yet_recorded", job_id=record.id, waited_s=CANCEL_WAIT_S)
+        return advance(current or record, event) or current or record
 
     async def job_or_404(
         self, job_id: str, detail: str = "job not found", *, owner: str | None
