@@ -12,7 +12,8 @@ import pytest
 
 from stack import REPO
 
-pytestmark = pytest.mark.integration
+# The scale-out section runs stand-in daemons: the broker is real, the model is not.
+pytestmark = [pytest.mark.integration, pytest.mark.standin]
 
 
 def test_quick_scaleout_writes_the_expected_json(tmp_path: Path, amqp_url: str) -> None:

@@ -47,6 +47,7 @@ def assert_continuous(result: dict[str, Any], duration: float) -> None:
     assert segments[-1]["end"] > duration - 40  # the last part's speech is there
 
 
+@pytest.mark.standin
 async def test_parts_run_on_every_daemon_and_merge_in_order(
     stack: Stack, channel: AbstractChannel, tmp_path: Path
 ) -> None:
@@ -104,6 +105,7 @@ async def test_merged_transcript_matches_the_unsplit_one(stack: Stack, tmp_path:
     assert words[:5] == whole_words[:5] and words[-5:] == whole_words[-5:]
 
 
+@pytest.mark.standin
 async def test_cancelling_a_split_recording_stops_its_parts(
     stack: Stack, channel: AbstractChannel, tmp_path: Path
 ) -> None:
@@ -124,6 +126,7 @@ async def test_cancelling_a_split_recording_stops_its_parts(
     assert not list((stack.data_dir / "blobs").glob("fan-*.json"))
 
 
+@pytest.mark.standin
 async def test_a_full_queue_runs_the_recording_whole(stack: Stack, tmp_path: Path) -> None:
     talk = long_talk(tmp_path / "talk.wav", 200, tmp_path)
     # Room for two jobs: the parts of a 200 s recording do not fit.
@@ -140,6 +143,7 @@ async def test_a_full_queue_runs_the_recording_whole(stack: Stack, tmp_path: Pat
 
 @pytest.mark.slow
 @pytest.mark.faults
+@pytest.mark.standin
 async def test_a_daemon_killed_while_running_a_part_loses_nothing(
     stack: Stack, channel: AbstractChannel, tmp_path: Path
 ) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from stack import HOTWORDS, JFK, Stack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.standin]
 
 
 async def test_standin_daemon_completes_jobs_end_to_end(stack: Stack) -> None:
