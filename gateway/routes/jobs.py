@@ -96,7 +96,7 @@ async def create_job(
 @router.delete("/{job_id}", response_model=JobView)
 async def cancel_job(job_id: str, services: ServicesDep, owner: OwnerDep) -> JobView:
     """Cancel a job: a queued one is skipped by the daemons, a running one stopped
-    (best effort: one about to finish may still finish, but stays cancelled here).
+    (best effort: one that finished first keeps its result, and the answer shows it).
     409 if the job is already final."""
     return JobView.of(await services.cancel(job_id, owner=owner))
 
