@@ -31,7 +31,7 @@ import json
 import re
 import secrets
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 #: The roles, in the order they are written out.
@@ -66,52 +66,74 @@ def permissions(role: str, namespace: str = r"stt") -> Permission:
     ``namespace`` is a pattern, not a name, so that a test suite can give one set of
     users every namespace of its own (``t[0-9a-f]{10}``); pass ``re.escape(name)``.
     """
-    ns = namespace
-    # Exchanges a queue of the topology is bound from (binding needs read on them).
-    bound_from = [rf"{ns}\.(jobs|quarantine|live|dead|results|control)"]
-    if role == "gateway":
-        return Permission(
-            configure=_any(rf"{ns}\..*", _SERVER_NAMED),
-            # Jobs and cancellations out; bindings of the topology; webhook retries.
-            write=_any(rf"{ns}\..*", _SERVER_NAMED, _DEFAULT_EXCHANGE),
-            # The job queues too, though a gateway never takes a job: RabbitMQ asks
-            # for read on a queue to declare it with a dead-letter exchange (that
-            # moves messages out of it), and gateways declare the topology so that
-            # jobs queue durably before any daemon runs.
-            read=_any(
-                *bound_from,
-                rf"{ns}\.(jobs|quarantine)\..*",
-                rf"{ns}\.(recorder|callbacks|callbacks\.retry\..*)",
-                _SERVER_NAMED,
-            ),
-        )
-    if role == "daemon":
-        return Permission(
-            configure=_any(rf"{ns}\..*", _SERVER_NAMED),
-            # Events, quarantine and hand-back copies, parts, announcements, replies.
-            write=_any(rf"{ns}\..*", _SERVER_NAMED, _DEFAULT_EXCHANGE),
-            # Not the status or webhook queues: those are the gateways'.
-            read=_any(
-                *bound_from,
-                rf"{ns}\.(jobs|quarantine|live)\..*",
-                rf"{ns}\.cancellations",
-                _SERVER_NAMED,
-            ),
-        )
-    if role == "producer":
-        return Permission(
-            configure=_any(_SERVER_NAMED),
-            write=_any(rf"{ns}\.jobs"),
-            read=_any(_SERVER_NAMED, _DIRECT_REPLY),
-        )
-    if role == "listener":
-        own = rf"{ns}\.listen\..*"
-        return Permission(
-            configure=_any(_SERVER_NAMED, own),
-            write=_any(_SERVER_NAMED, own),
-            read=_any(_SERVER_NAMED, own, rf"{ns}\.results"),
-        )
-    raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+    grant = _GRANTS.get(role)
+    if grant is None:
+        raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+    return grant(namespace)
+
+
+def _bound_from(ns: str) -> str:
+    """Exchanges a queue of the topology is bound from (binding needs read on them)."""
+    return rf"{ns}\.(jobs|quarantine|live|dead|results|control)"
+
+
+def _gateway(ns: str) -> Permission:
+    return Permission(
+        configure=_any(rf"{ns}\..*", _SERVER_NAMED),
+        # Jobs and cancellations out; bindings of the topology; webhook retries.
+        write=_any(rf"{ns}\..*", _SERVER_NAMED, _DEFAULT_EXCHANGE),
+        # The job queues too, though a gateway never takes a job: RabbitMQ asks
+        # for read on a queue to declare it with a dead-letter exchange (that
+        # moves messages out of it), and gateways declare the topology so that
+        # jobs queue durably before any daemon runs.
+        read=_any(
+            _bound_from(ns),
+            rf"{ns}\.(jobs|quarantine)\..*",
+            rf"{ns}\.(recorder|callbacks|callbacks\.retry\..*)",
+            _SERVER_NAMED,
+        ),
+    )
+
+
+def _daemon(ns: str) -> Permission:
+    return Permission(
+        configure=_any(rf"{ns}\..*", _SERVER_NAMED),
+        # Events, quarantine and hand-back copies, parts, announcements, replies.
+        write=_any(rf"{ns}\..*", _SERVER_NAMED, _DEFAULT_EXCHANGE),
+        # Not the status or webhook queues: those are the gateways'.
+        read=_any(
+            _bound_from(ns),
+            rf"{ns}\.(jobs|quarantine|live)\..*",
+            rf"{ns}\.cancellations",
+            _SERVER_NAMED,
+        ),
+    )
+
+
+def _producer(ns: str) -> Permission:
+    return Permission(
+        configure=_any(_SERVER_NAMED),
+        write=_any(rf"{ns}\.jobs"),
+        read=_any(_SERVER_NAMED, _DIRECT_REPLY),
+    )
+
+
+def _listener(ns: str) -> Permission:
+    own = rf"{ns}\.listen\..*"
+    return Permission(
+        configure=_any(_SERVER_NAMED, own),
+        write=_any(_SERVER_NAMED, own),
+        read=_any(_SERVER_NAMED, own, rf"{ns}\.results"),
+    )
+
+
+#: Each role's permissions, given the namespace pattern.
+_GRANTS: dict[str, Callable[[str], Permission]] = {
+    "gateway": _gateway,
+    "daemon": _daemon,
+    "producer": _producer,
+    "listener": _listener,
+}
 
 
 def user_name(role: str, prefix: str = "stt") -> str:
@@ -171,12 +193,21 @@ def kubernetes(
     *, cluster: str = "stt-rabbitmq", k8s_namespace: str = "stt", vhost: str = "/"
 ) -> str:
     """The topology operator's ``User`` and ``Permission`` objects, as YAML."""
-    docs = []
-    for role in ROLES:
-        name = user_name(role)
-        grant = permissions(role)
-        docs.append(
-            f"""apiVersion: rabbitmq.com/v1beta1
+    docs = [_operator_objects(role, cluster, k8s_namespace, vhost) for role in ROLES]
+    header = (
+        "# Generated by `python -m stt_daemon.roles kubernetes`: edit stt_daemon/roles.py,\n"
+        "# not this file (a test checks they agree). One broker user per role, with\n"
+        "# the least permissions it needs (README: Broker roles). Needs the RabbitMQ\n"
+        "# Messaging Topology Operator beside the Cluster Operator.\n"
+    )
+    return header + "---\n".join(docs)
+
+
+def _operator_objects(role: str, cluster: str, k8s_namespace: str, vhost: str) -> str:
+    """One role's ``User`` and ``Permission`` objects."""
+    name = user_name(role)
+    grant = permissions(role)
+    return f"""apiVersion: rabbitmq.com/v1beta1
 kind: User
 metadata:
   name: {name}
@@ -204,14 +235,6 @@ spec:
   rabbitmqClusterReference:
     name: {cluster}
 """
-        )
-    header = (
-        "# Generated by `python -m stt_daemon.roles kubernetes`: edit stt_daemon/roles.py,\n"
-        "# not this file (a test checks they agree). One broker user per role, with\n"
-        "# the least permissions it needs (README: Broker roles). Needs the RabbitMQ\n"
-        "# Messaging Topology Operator beside the Cluster Operator.\n"
-    )
-    return header + "---\n".join(docs)
 
 
 def _read_passwords(path: str) -> dict[str, str]:
