@@ -10,12 +10,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from types import SimpleNamespace
 from typing import Any, Protocol
 
 from stt_daemon import features
 from stt_daemon.audio import SAMPLE_RATE, ArraySamples, Samples
-from stt_daemon.checkpoints import Tracker
+from stt_daemon.checkpoints import Checkpoint, Tracker
 from stt_daemon.common.cores import usable_cores
 from stt_daemon.common.liveprotocol import LiveReply, LiveWord, WindowOptions
 from stt_daemon.common.protocol import JobOptions, Segment, TranscriptResult, Word
@@ -246,14 +245,7 @@ class WhisperEngine:
     ) -> TranscriptResult:
         """Our result from faster-whisper's segments, told to the tracker as they come."""
         resume = tracker.resume if tracker is not None else None
-        if info is None:
-            info = SimpleNamespace(language=options.language, language_probability=None)
-        language = resume.language if resume is not None and resume.language else info.language
-        probability = (
-            resume.language_probability
-            if resume is not None and resume.language
-            else info.language_probability
-        )
+        language, probability = _language(options, resume, info)
         duration = audio.samples / SAMPLE_RATE
         if tracker is not None:
             tracker.begin(duration, language, probability)
@@ -334,3 +326,14 @@ class WhisperEngine:
             for w in segment.words or ()
         ]
         return LiveReply(duration=duration, words=words, speech=speech, language=info.language)
+
+
+def _language(
+    options: JobOptions, resume: Checkpoint | None, info: Any
+) -> tuple[str | None, float | None]:
+    """The language and its probability: a resumed run keeps what it detected before."""
+    if resume is not None and resume.language:
+        return resume.language, resume.language_probability
+    if info is None:  # the VAD heard no speech: nothing was detected
+        return options.language, None
+    return info.language, info.language_probability

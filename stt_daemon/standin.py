@@ -15,7 +15,7 @@ import threading
 import structlog
 
 from stt_daemon.audio import SAMPLE_RATE, Samples
-from stt_daemon.checkpoints import Tracker
+from stt_daemon.checkpoints import Checkpoint, Tracker
 from stt_daemon.common.protocol import JobOptions, Segment, TranscriptResult
 from stt_daemon.config import DaemonSettings
 from stt_daemon.engine import Engine, JobCancelled, ProgressCallback
@@ -47,25 +47,14 @@ class StandInEngine:
         duration = audio.samples / SAMPLE_RATE
         resume = tracker.resume if tracker is not None else None
         segments: list[Segment] = list(resume.segments) if resume is not None else []
-        # At least one window, so a silent or empty clip still gets one segment.
-        starts = [i * WINDOW_S for i in range(max(1, math.ceil(duration / WINDOW_S)))]
-        if resume is not None:
-            starts = [start for start in starts if start >= resume.start]
         if tracker is not None:
             tracker.begin(duration, options.language or "en", 1.0)
-        for start in starts:
+        for start in _window_starts(duration, resume):
             end = min(start + WINDOW_S, duration)
             # Event.wait sleeps without CPU and wakes at once on cancellation.
             if cancelled.wait((end - start) * self._rtf):
                 raise JobCancelled("cancelled while transcribing")
-            segments.append(
-                Segment(
-                    id=len(segments),
-                    start=round(start, 3),
-                    end=round(end, 3),
-                    text=f" [stand-in] {end - start:.1f} s of audio",
-                )
-            )
+            segments.append(_placeholder(len(segments), start, end))
             if tracker is not None:
                 # A stand-in window is over once its one segment is out.
                 tracker.add(segments[-1], start)
@@ -85,6 +74,25 @@ class StandInEngine:
     def detect_language(self, audio: Samples) -> tuple[str, float]:
         """No model, no detection: English, as the placeholder transcripts are."""
         return "en", 1.0
+
+
+def _window_starts(duration: float, resume: Checkpoint | None) -> list[float]:
+    """Where the windows still to do start (a resumed run skips those it has)."""
+    # At least one window, so a silent or empty clip still gets one segment.
+    starts = [i * WINDOW_S for i in range(max(1, math.ceil(duration / WINDOW_S)))]
+    if resume is None:
+        return starts
+    return [start for start in starts if start >= resume.start]
+
+
+def _placeholder(index: int, start: float, end: float) -> Segment:
+    """The one segment of a window."""
+    return Segment(
+        id=index,
+        start=round(start, 3),
+        end=round(end, 3),
+        text=f" [stand-in] {end - start:.1f} s of audio",
+    )
 
 
 def standin_engines(settings: DaemonSettings) -> dict[str, Engine]:
