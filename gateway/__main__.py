@@ -67,29 +67,14 @@ def main(argv: list[str] | None = None) -> None:
     configure(ConnectionLimits.from_settings(settings))
     workers = settings.worker_count
     if workers > 1:
-        # The parent (uvicorn's supervisor) logs too: the same line shape as the workers'.
-        configure_logging(settings.log_level, settings.log_format)
-        share_metrics_between_workers()
-        if settings.key_rate_limit > 0:
-            log.warning(
-                "auth.rate_limit_per_worker",
-                workers=workers,
-                reason="STT_KEY_RATE_LIMIT is kept per process: a key may get up to "
-                "workers x the limit",
-            )
-    try:
-        import uvloop  # noqa: F401
-
-        loop = "uvloop"
-    except ImportError:
-        loop = "asyncio"
+        _prepare_supervisor(settings, workers)
     uvicorn.run(
         "gateway.app:app_from_env",
         factory=True,
         host=args.host,
         port=args.port,
         reload=args.reload,
-        loop=loop,
+        loop=_event_loop(),
         log_config=None,  # our structlog set-up handles uvicorn's loggers
         # gateway.requestid logs one access line per request, with the request id;
         # uvicorn's own would say it a second time.
@@ -100,6 +85,29 @@ def main(argv: list[str] | None = None) -> None:
         # upload slots: what one client may hold (README, "Limits").
         **uvicorn_options(settings),
     )
+
+
+def _prepare_supervisor(settings: GatewaySettings, workers: int) -> None:
+    """What the parent of several workers sets up before it starts them."""
+    # The parent (uvicorn's supervisor) logs too: the same line shape as the workers'.
+    configure_logging(settings.log_level, settings.log_format)
+    share_metrics_between_workers()
+    if settings.key_rate_limit > 0:
+        log.warning(
+            "auth.rate_limit_per_worker",
+            workers=workers,
+            reason="STT_KEY_RATE_LIMIT is kept per process: a key may get up to "
+            "workers x the limit",
+        )
+
+
+def _event_loop() -> str:
+    """uvicorn's loop: uvloop when it is installed."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
 
 
 if __name__ == "__main__":

@@ -23,11 +23,6 @@ def configure_logging(
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
-        if as_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
-    )
     structlog.configure(
         processors=[
             *shared,
@@ -37,6 +32,19 @@ def configure_logging(
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [_stdout_handler(shared, as_json)]
+    root.setLevel(level.upper())
+    _route_libraries(root.level)
+
+
+def _stdout_handler(shared: list[structlog.types.Processor], as_json: bool) -> logging.Handler:
+    """The one handler: ours and stdlib's records rendered alike, on stdout."""
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
@@ -48,11 +56,13 @@ def configure_logging(
     )
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    return handler
+
+
+def _route_libraries(root_level: int) -> None:
+    """Quieten the chatty libraries; uvicorn's records go through the root's handler."""
     for name, floor in _NOISY.items():
-        logging.getLogger(name).setLevel(max(floor, root.level))
+        logging.getLogger(name).setLevel(max(floor, root_level))
     # uvicorn installs its own handlers; send its records through ours instead.
     for name in ("uvicorn", "uvicorn.error"):
         uv = logging.getLogger(name)
