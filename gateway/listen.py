@@ -208,16 +208,7 @@ async def listen(
     target = websocket_url(url)
     try:
         async with connect(target, additional_headers=headers, open_timeout=30) as ws:
-            await ws.send(json.dumps(options.message()))
-            job_id = await _ready(ws, say)
-            sender = asyncio.create_task(_send_audio(ws, source, options.fast))
-            try:
-                async for raw in ws:
-                    _show(json.loads(raw), text, say)
-            finally:
-                text.clear()
-                sender.cancel()
-            problem = (await asyncio.gather(sender, return_exceptions=True))[0]
+            job_id, problem = await _session(ws, source, options, text, say)
     except InvalidStatus as exc:
         status = exc.response.status_code
         hint = " (a missing or wrong API key?)" if status in (401, 403) else ""
@@ -230,6 +221,31 @@ async def listen(
     if isinstance(problem, ListenError):
         raise problem
     return job_id
+
+
+async def _session(
+    ws: Any,
+    source: Iterator[bytes],
+    options: ListenOptions,
+    text: LiveText,
+    say: Callable[[str], None],
+) -> tuple[str | None, BaseException | None]:
+    """Options, then audio out and text in at once, until the gateway closes.
+
+    The job id, and the sender's problem: a ListenError about the audio, else none
+    (or its cancellation, when the gateway closed first).
+    """
+    await ws.send(json.dumps(options.message()))
+    job_id = await _ready(ws, say)
+    sender = asyncio.create_task(_send_audio(ws, source, options.fast))
+    try:
+        async for raw in ws:
+            _show(json.loads(raw), text, say)
+    finally:
+        text.clear()
+        sender.cancel()
+    problem = (await asyncio.gather(sender, return_exceptions=True))[0]
+    return job_id, problem
 
 
 async def _ready(ws: Any, say: Callable[[str], None]) -> str | None:

@@ -63,10 +63,13 @@ class RequestIdMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
-            return
-        if scope["type"] != "http":
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One request: the id bound and echoed, a failure answered, the access line."""
         request_id = request_id_of(Headers(scope=scope))
         status = 500  # what the client gets if the app raises before answering
         answered = False
@@ -93,17 +96,7 @@ class RequestIdMiddleware:
             errors_log.exception("request.failed", method=scope["method"], path=scope["path"])
             await internal_error()(scope, receive, send_with_id)
         finally:
-            # structlog runs its processors before the stdlib level check drops a line;
-            # asking first spares every request that work when access lines are off.
-            if log.is_enabled_for(logging.INFO):
-                log.info(
-                    "http.request",
-                    method=scope["method"],
-                    route=route_template(scope),
-                    path=scope["path"],
-                    status=status,
-                    duration_s=round(time.perf_counter() - started, 4),
-                )
+            _access_line(scope, scope["method"], status, started)
         structlog.contextvars.unbind_contextvars("request_id", "job_id")
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -135,14 +128,23 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, heard, watch)
         finally:
-            if log.is_enabled_for(logging.INFO):
-                log.info(
-                    "http.request",
-                    method="WEBSOCKET",
-                    route=route_template(scope),
-                    path=scope["path"],
-                    status=status,
-                    close_code=close_code,
-                    duration_s=round(time.perf_counter() - started, 4),
-                )
+            _access_line(scope, "WEBSOCKET", status, started, close_code=close_code)
         structlog.contextvars.unbind_contextvars("request_id", "job_id")
+
+
+def _access_line(
+    scope: Scope, method: str, status: int, started: float, **extra: int | None
+) -> None:
+    """The one line per request (or websocket session), when access lines are on."""
+    # structlog runs its processors before the stdlib level check drops a line;
+    # asking first spares every request that work when access lines are off.
+    if log.is_enabled_for(logging.INFO):
+        log.info(
+            "http.request",
+            method=method,
+            route=route_template(scope),
+            path=scope["path"],
+            status=status,
+            **extra,
+            duration_s=round(time.perf_counter() - started, 4),
+        )

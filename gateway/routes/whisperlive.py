@@ -89,14 +89,30 @@ def _text(options: dict[str, Any], name: str, limit: int) -> str | None:
     return value
 
 
-def parse_options(raw: str | bytes | None, models: list[str]) -> ClientOptions:
-    """The options message, or OptionsError saying what is wrong with it."""
+def _json_object(raw: str | bytes | None) -> dict[str, Any]:
+    """The first message as a JSON object, or OptionsError."""
     try:
         options = json.loads(raw) if raw else None
     except (ValueError, UnicodeDecodeError):
         options = None
     if not isinstance(options, dict):
         raise OptionsError("the first message must be the JSON options (uid, language, ...)")
+    return options
+
+
+def _model(options: dict[str, Any], models: list[str]) -> tuple[str, list[str]]:
+    """The model to use, and warnings for what was asked and is not served here."""
+    requested = _text(options, "model", 200)
+    warnings = [f"{name} is not offered here" for name in UNSUPPORTED if options.get(name)]
+    if requested is not None and requested not in models:
+        # WhisperLive clients name sizes ("small"); the gateway serves what it serves.
+        warnings.append(f"model {requested!r} is not served here; using {models[0]!r}")
+    return (requested if requested in models else models[0]), warnings
+
+
+def parse_options(raw: str | bytes | None, models: list[str]) -> ClientOptions:
+    """The options message, or OptionsError saying what is wrong with it."""
+    options = _json_object(raw)
     language = _text(options, "language", 8)
     if language is not None and len(language) < 2:
         raise OptionsError("language must be a language code such as 'en'")
@@ -110,13 +126,9 @@ def parse_options(raw: str | bytes | None, models: list[str]) -> ClientOptions:
     if audio_format not in ("float32", "int16", "uint8"):
         raise OptionsError(f"unsupported audio_format: {audio_format!r}")
     use_vad = options.get("use_vad", True)
-    requested = _text(options, "model", 200)
-    warnings = [f"{name} is not offered here" for name in UNSUPPORTED if options.get(name)]
-    if requested is not None and requested not in models:
-        # WhisperLive clients name sizes ("small"); the gateway serves what it serves.
-        warnings.append(f"model {requested!r} is not served here; using {models[0]!r}")
+    model, warnings = _model(options, models)
     session = SessionOptions(
-        model=requested if requested in models else models[0],
+        model=model,
         language=language,
         task=Task(task),
         prompt=_text(options, "initial_prompt", 2000),
