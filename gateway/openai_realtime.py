@@ -4,8 +4,8 @@ No I/O here (``gateway/routes/realtime.py`` owns the socket and the live session
 what a client may send, validated at the edge into typed events, with OpenAI's own
 error shapes and codes; the session object as ``session.created``/``updated`` (the GA
 API) or ``transcription_session.created``/``updated`` (the beta API, chosen by the
-``OpenAI-Beta: realtime=v1`` header) show it; and :class:`ItemTracker`, which turns a
-live session's events into OpenAI's items.
+``OpenAI-Beta: realtime=v1`` header) show it. Items, from a live session's events, are
+``gateway/realtime_items.py``'s.
 
 Field names follow the ``openai`` package's typed models (``openai.types.realtime``,
 GA, and ``openai.types.beta.realtime``, beta) and the API reference's client and
@@ -305,52 +305,91 @@ def resolve_model(name: str, served: list[str], param: str, event_id: str | None
     )
 
 
+@dataclass(frozen=True)
+class _Asked:
+    """What an update sets, whichever dialect it came in (None: not in the update)."""
+
+    transcription: Transcription | None
+    #: Where the transcription sits in the event (the ``param`` of an error about it).
+    transcription_path: str
+    #: Whether the update names turn detection (its None turns it off).
+    sets_turn_detection: bool
+    turn_detection: TurnDetection | None
+    include: list[str] | None
+
+
 def updated_config(
     config: TranscriptionConfig,
     event: SessionUpdate | TranscriptionSessionUpdate,
     served: list[str],
 ) -> TranscriptionConfig:
     """The configuration after an update: only the fields it names change."""
-    if isinstance(event, SessionUpdate):
-        prefix = "session.audio.input"
-        inputs = event.session.audio.input if event.session.audio else None
-        given = inputs.model_fields_set if inputs else set()
-        _check_ga_format(inputs.format if inputs else None, event.event_id)
-        transcription = inputs.transcription if inputs else None
-        turn_detection = inputs.turn_detection if inputs else None
-        include = event.session.include
-        key_transcription, key_turn = "transcription", "turn_detection"
-    else:
-        prefix = "session"
-        session = event.session
-        given = session.model_fields_set
-        if session.input_audio_format not in (None, "pcm16"):
-            raise ProtocolError(
-                "invalid_value",
-                f"Invalid value: '{session.input_audio_format}'. "
-                "Supported values are: 'pcm16' (G.711 is not supported here).",
-                param="session.input_audio_format",
-                event_id=event.event_id,
-            )
-        transcription, turn_detection = session.input_audio_transcription, session.turn_detection
-        include = session.include
-        key_transcription, key_turn = "input_audio_transcription", "turn_detection"
+    asked = _ga_asked(event) if isinstance(event, SessionUpdate) else _beta_asked(event)
     changes: dict[str, Any] = {}
-    if transcription is not None and key_transcription in given:
-        fields = transcription.model_fields_set
-        if "model" in fields and transcription.model:
-            param = f"{prefix}.{key_transcription}.model"
-            resolved = resolve_model(transcription.model, served, param, event.event_id)
-            changes.update(model=transcription.model, resolved=resolved)
-        if "language" in fields:
-            changes["language"] = transcription.language or None
-        if "prompt" in fields:
-            changes["prompt"] = transcription.prompt or None
-    if key_turn in given:
-        changes["turn_detection"] = turn_detection
-    if include is not None:
-        changes["include"] = tuple(include)
+    if asked.transcription is not None:
+        changes.update(
+            _transcription_changes(
+                asked.transcription, asked.transcription_path, served, event.event_id
+            )
+        )
+    if asked.sets_turn_detection:
+        changes["turn_detection"] = asked.turn_detection
+    if asked.include is not None:
+        changes["include"] = tuple(asked.include)
     return replace(config, **changes)
+
+
+def _ga_asked(event: SessionUpdate) -> _Asked:
+    """A GA ``session.update``: the fields under ``session.audio.input``."""
+    inputs = event.session.audio.input if event.session.audio else None
+    given = inputs.model_fields_set if inputs else set()
+    _check_ga_format(inputs.format if inputs else None, event.event_id)
+    return _Asked(
+        transcription=inputs.transcription if inputs and "transcription" in given else None,
+        transcription_path="session.audio.input.transcription",
+        sets_turn_detection="turn_detection" in given,
+        turn_detection=inputs.turn_detection if inputs else None,
+        include=event.session.include,
+    )
+
+
+def _beta_asked(event: TranscriptionSessionUpdate) -> _Asked:
+    """A beta ``transcription_session.update``: the fields under ``session``."""
+    session = event.session
+    if session.input_audio_format not in (None, "pcm16"):
+        raise ProtocolError(
+            "invalid_value",
+            f"Invalid value: '{session.input_audio_format}'. "
+            "Supported values are: 'pcm16' (G.711 is not supported here).",
+            param="session.input_audio_format",
+            event_id=event.event_id,
+        )
+    given = session.model_fields_set
+    return _Asked(
+        transcription=session.input_audio_transcription
+        if "input_audio_transcription" in given
+        else None,
+        transcription_path="session.input_audio_transcription",
+        sets_turn_detection="turn_detection" in given,
+        turn_detection=session.turn_detection,
+        include=session.include,
+    )
+
+
+def _transcription_changes(
+    transcription: Transcription, path: str, served: list[str], event_id: str | None
+) -> dict[str, Any]:
+    """The model, language and prompt the update names (the model resolved to ours)."""
+    fields = transcription.model_fields_set
+    changes: dict[str, Any] = {}
+    if "model" in fields and transcription.model:
+        resolved = resolve_model(transcription.model, served, f"{path}.model", event_id)
+        changes.update(model=transcription.model, resolved=resolved)
+    if "language" in fields:
+        changes["language"] = transcription.language or None
+    if "prompt" in fields:
+        changes["prompt"] = transcription.prompt or None
+    return changes
 
 
 def _check_ga_format(fmt: AudioFormat | None, event_id: str | None) -> None:
