@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stt_daemon.common.asyncapi_messages import ATTEMPTS_HEADER, CALLBACK_HEADERS
-from stt_daemon.common.protocol import EventType
+from stt_daemon.common.protocol import HELLO_ROUTING_KEY, EventType
 from stt_daemon.common.topology import Names
 from stt_daemon.common.topologyscan import Binding, Declared, Queue, any_delay, any_model, scan
 
@@ -190,7 +190,7 @@ def _control_routes(names: Names, d: Declared) -> list[ChannelSpec]:
         ),
         ChannelSpec(
             id="gatewayHello",
-            address="gateway.hello",
+            address=HELLO_ROUTING_KEY,
             title="Gateway hello",
             description=(
                 "A starting gateway asks every daemon to announce itself at once (daemons read "

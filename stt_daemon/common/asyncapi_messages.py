@@ -142,14 +142,14 @@ def _job_event() -> dict[str, Any]:
         "name": "JobEvent",
         "title": "What happened to a job",
         "description": (
-            "Published by daemons (and by a gateway for a live session's own final event). "
-            "Fields that are null are left out. Delivery is at least once: deduplicate on "
-            "message_id."
+            "Published by daemons, and by a gateway for a job cancelled on request and for a "
+            "live session's end. Fields that are null are left out. Delivery is at least "
+            "once: deduplicate on message_id."
         ),
         "contentType": JSON_CONTENT_TYPE,
         "headers": {
             "type": "object",
-            "description": "Set by daemons (a live session's event has no headers).",
+            "description": "`job_id` lets a consumer skip events of other jobs undecoded.",
             "properties": {
                 "job_id": {"type": "string"},
                 "model": {"type": "string", "description": 'The model, or `""`.'},
@@ -163,7 +163,7 @@ def _job_event() -> dict[str, Any]:
                 "of the job; on the others, their `event_id`."
             ),
             "type": "The event name (the routing key).",
-            "user_id": _user_id() + " Believe only your deployment's daemon users.",
+            "user_id": _user_id() + " Believe only your daemons' and gateways' users.",
             "delivery_mode": "2 (persistent); 1 for `job.progress`, superseded within seconds.",
             "timestamp": "`timestamp`.",
             "correlation_id": "On an RPC reply: the job's correlation_id.",

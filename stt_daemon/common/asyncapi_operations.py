@@ -165,7 +165,8 @@ EVENT_OPERATIONS: tuple[OperationSpec, ...] = (
         tags=("daemon", "gateway"),
         summary="Publish a job's events",
         description=(
-            "Daemons, with publisher confirms; a gateway for a live session's final event."
+            "Daemons, with publisher confirms; a gateway for a job cancelled on request (at "
+            "once, as well as the daemon that skips or stops it) and for a live session's end."
         ),
     ),
     OperationSpec(
@@ -187,7 +188,8 @@ EVENT_OPERATIONS: tuple[OperationSpec, ...] = (
         summary="Follow job events",
         description=(
             "Bind a queue of your own (server-named, or durable `<ns>.listen.<name>`) with "
-            "`job.#` or one event name. Believe an event only from your daemons' user_id."
+            "`job.#` or one event name. Believe an event only when its user_id is one of your "
+            "daemons' or gateways' users."
         ),
     ),
     OperationSpec(
