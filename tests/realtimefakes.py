@@ -20,13 +20,7 @@ from starlette.testclient import WebSocketTestSession
 from gateway.agreement import TimedWord
 from gateway.config import GatewaySettings
 from gateway.fleet import Fleet
-from gateway.livesession import (
-    LiveEvent,
-    SessionClosed,
-    SessionEnded,
-    SessionOptions,
-    Utterance,
-)
+from gateway.livesession import LiveEvent, SessionClosed, SessionEnded, SessionOptions, Utterance
 from gateway.livesessions import LiveRefused
 from gateway.routes import realtime
 from gateway.services import Services

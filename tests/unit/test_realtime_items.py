@@ -23,11 +23,7 @@ from realtimefakes import (
     words,
 )
 
-from gateway.livesession import (
-    Hypothesis,
-    SpeechStarted,
-    SpeechStopped,
-)
+from gateway.livesession import Hypothesis, SpeechStarted, SpeechStopped
 
 
 @pytest.fixture
