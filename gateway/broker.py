@@ -18,6 +18,7 @@ from pamqp.commands import Basic
 
 from gateway.config import GatewaySettings
 from stt_daemon.common import amqp
+from stt_daemon.common.backoff import Backoff
 from stt_daemon.common.liveprotocol import SessionEvent, encode_session_event
 from stt_daemon.common.protocol import (
     CANCEL_ROUTING_KEY,
@@ -31,6 +32,9 @@ from stt_daemon.common.protocol import (
 from stt_daemon.common.topology import Topology, declare_topology
 
 log = structlog.get_logger("gateway.broker")
+
+#: Waits between tries to reach the broker: exact, as the log line says them.
+RECONNECT = Backoff(base=0.5, cap=10.0)
 
 
 class BrokerUnavailable(Exception):
@@ -82,7 +86,7 @@ class BrokerLink:
         )
 
     async def _connect_forever(self) -> None:
-        delay = 0.5
+        delays = RECONNECT.delays()
         while True:
             try:
                 await self._connect_once()
@@ -90,6 +94,7 @@ class BrokerLink:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                delay = next(delays)
                 # Unreachable broker, or a topology that disagrees with what is
                 # declared already (PRECONDITION_FAILED): say so and keep trying.
                 log.warning(
@@ -104,7 +109,6 @@ class BrokerLink:
                         await self._connection.close()
                     self._connection = None
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     async def _connect_once(self) -> None:
         conn = await amqp.connect(
