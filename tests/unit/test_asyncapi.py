@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 import yaml
 from jsonschema import Draft7Validator
@@ -24,8 +25,18 @@ from pydantic import BaseModel
 from gateway import callbacks
 from stt_daemon import provenance, quarantine
 from stt_daemon.common import asyncapi, asyncapi_messages, liveprotocol, protocol
-from stt_daemon.common.liveprotocol import LiveReply, LiveWord
-from stt_daemon.common.protocol import EventType, JobEvent, TranscriptResult
+from stt_daemon.common.claims import ClaimSigner
+from stt_daemon.common.liveprotocol import LiveReply, LiveWord, SessionEvent, WindowOptions
+from stt_daemon.common.protocol import (
+    AudioRef,
+    CancelRequest,
+    DaemonAnnouncement,
+    EventType,
+    JobEvent,
+    JobMessage,
+    JobOptions,
+    TranscriptResult,
+)
 from stt_daemon.common.topology import Names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -262,3 +273,76 @@ def test_the_schemas_refuse_what_the_models_refuse(document: dict[str, Any]) -> 
     assert _validate(document, "JobEvent", {"event": "job.exploded", "job_id": "j1"})
     # A tuple of two (pydantic's prefixItems, written as draft-07 items).
     assert _validate(document, "LiveReply", {"speech": [[0.0, 1.0, 2.0]]})
+
+
+def _encoded_messages() -> dict[str, aio_pika.Message]:
+    """One message of each kind, as the publishers' encoders write it."""
+    audio = AudioRef(url="file:///blobs/j1", sha256="0" * 64, size=1)
+    announcement = DaemonAnnouncement(worker="w", models=["tiny.en"], prefetch=1, interval=5)
+    news = SessionEvent(event="session.ended", session_id="s1", model="tiny.en")
+    return {
+        "jobClaimCheck": protocol.encode_job(
+            JobMessage(job_id="j1", audio=audio),
+            user_id="stt-gateway",
+            sign=ClaimSigner("key").sign,
+            headers={provenance.PRODUCER_HEADER: "stt-producer", quarantine.ATTEMPTS_HEADER: 1},
+        ),
+        "jobRawAudio": protocol.encode_audio_job(
+            "j1",
+            b"RIFF",
+            content_type="audio/wav",
+            options=JobOptions(model="base", language="en", word_timestamps=True, split=False),
+        ),
+        "jobEvent": protocol.encode_event(JobEvent(event=EventType.STARTED, job_id="j1")),
+        "sessionEvent": liveprotocol.encode_session_event(news, user_id="stt-gateway"),
+        "cancelRequest": protocol.encode_cancel(CancelRequest(job_id="j1"), user_id="g"),
+        "daemonAnnouncement": protocol.encode_announcement(announcement, user_id="d"),
+        "gatewayHello": protocol.encode_hello(),
+        "liveWindow": liveprotocol.encode_window(
+            b"\0\0",
+            WindowOptions(session="s1", language="en", prompt="so"),
+            wait=2.0,
+            reply_to="amq.rabbitmq.reply-to",
+            correlation_id="c1",
+            user_id="g",
+        ),
+        "liveReply": liveprotocol.encode_reply(LiveReply(), correlation_id="c1", user_id="d"),
+    }
+
+
+def _header_names(document: dict[str, Any], schema: dict[str, Any]) -> set[str]:
+    """The header names a message's headers schema allows (following refs and allOf)."""
+    if "$ref" in schema:
+        return _header_names(document, _pointer(document, schema["$ref"]))
+    names = set(schema.get("properties", {}))
+    for part in schema.get("allOf", []):
+        names |= _header_names(document, part)
+    return names
+
+
+def test_every_message_is_what_its_encoder_writes(document: dict[str, Any]) -> None:
+    described = document["components"]["messages"]
+    encoded = _encoded_messages()
+    assert set(encoded) == set(described)
+    for kind, message in encoded.items():
+        if kind != "jobRawAudio":  # any audio type, set by the producer
+            assert described[kind]["contentType"] == message.content_type, kind
+        headers = _header_names(document, described[kind].get("headers", {}))
+        assert set(message.headers) <= headers, kind
+
+
+@pytest.mark.parametrize(
+    ("operation", "kind"),
+    [
+        ("submitJob", "jobClaimCheck"),
+        ("submitJob", "jobRawAudio"),
+        ("cancelJob", "cancelRequest"),
+        ("announceDaemon", "daemonAnnouncement"),
+        ("publishSessionEvent", "sessionEvent"),
+    ],
+)
+def test_delivery_modes_are_what_the_encoders_set(
+    document: dict[str, Any], operation: str, kind: str
+) -> None:
+    promised = document["operations"][operation]["bindings"]["amqp"]["deliveryMode"]
+    assert _encoded_messages()[kind].delivery_mode == promised
