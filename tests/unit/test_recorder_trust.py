@@ -21,6 +21,7 @@ from gateway.config import GatewaySettings
 from gateway.recorder import Recorder
 from gateway.trust import trusted_publishers
 from stt_daemon.common.protocol import EventType, JobEvent, JobOptions
+from stt_daemon.common.settings import AmqpUrls
 from stt_daemon.common.topology import Names
 
 EVENT = JobEvent(
@@ -72,7 +73,7 @@ def test_trusted_publishers_are_the_setting_and_the_gateways_own_user(
 ) -> None:
     assert trusted_publishers(GatewaySettings()) == {"stt-daemon", "guest"}
     monkeypatch.setenv("STT_EVENT_PUBLISHERS", " stt-daemon, gpu-daemons ,")
-    settings = GatewaySettings(amqp_url="amqp://stt-gateway:pw@127.0.0.1:5672/")
+    settings = GatewaySettings(amqp_url=AmqpUrls("amqp://stt-gateway:pw@127.0.0.1:5672/"))
     assert trusted_publishers(settings) == {"stt-daemon", "gpu-daemons", "stt-gateway"}
 
 
@@ -146,7 +147,7 @@ def test_settings_give_the_sender_its_trusted_users_and_the_delays_the_gateways(
 ) -> None:
     monkeypatch.setenv("STT_EVENT_PUBLISHERS", "daemons")
     settings = GatewaySettings(
-        callback_secret=SecretStr("k"), amqp_url="amqp://gw:pw@127.0.0.1:5672/"
+        callback_secret=SecretStr("k"), amqp_url=AmqpUrls("amqp://gw:pw@127.0.0.1:5672/")
     )
     sender = CallbackSender.from_settings(settings)
     assert set(sender._trusted or ()) == {"daemons", "gw"}

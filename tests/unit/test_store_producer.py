@@ -28,6 +28,7 @@ from stt_daemon.common.protocol import (
     JobMessage,
     TranscriptResult,
 )
+from stt_daemon.common.settings import AmqpUrls
 
 AMQP_URL = "amqp://gw-user:secret@127.0.0.1:5672/"
 
@@ -50,7 +51,7 @@ async def gateway(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, StatusStore]]:
     """The jobs router on a SQLite store, its gateway connecting to RabbitMQ as ``gw-user``."""
     monkeypatch.chdir(tmp_path)  # no stray .env
-    settings = GatewaySettings(data_dir=tmp_path, models=["tiny.en"], amqp_url=AMQP_URL)
+    settings = GatewaySettings(data_dir=tmp_path, models=["tiny.en"], amqp_url=AmqpUrls(AMQP_URL))
     store = open_store(settings.resolved_status_url)
     app = FastAPI()
     app.include_router(jobs.router)

@@ -10,6 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from stt_daemon.common.amqp import addresses
+from stt_daemon.common.settings import AmqpUrls
 from stt_daemon.config import DaemonSettings
 from stt_daemon.worker import StopRequested, connect
 
@@ -27,7 +28,7 @@ def test_addresses_name_host_and_port_without_credentials() -> None:
 
 async def test_the_first_signal_ends_the_wait_for_an_unreachable_broker() -> None:
     port = _closed_port()
-    settings = DaemonSettings(amqp_url=f"amqp://guest:hush@127.0.0.1:{port}/")
+    settings = DaemonSettings(amqp_url=AmqpUrls(f"amqp://guest:hush@127.0.0.1:{port}/"))
     stop = asyncio.Event()
     with capture_logs() as logs:
         task = asyncio.create_task(connect(settings, "consume", stop))
