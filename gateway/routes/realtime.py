@@ -9,10 +9,10 @@ out as ``speech_started`` / ``speech_stopped`` / ``committed`` / transcription
 ``delta`` / ``completed`` (shapes in :mod:`gateway.openai_realtime` and
 :mod:`gateway.realtime_items`).
 
-Each buffer of audio is a live session, and so a job: it opens with the first audio
-(with the configuration then in effect), and ends at ``input_audio_buffer.commit``
-(everything transcribed, then the next audio opens the next one), at
-``input_audio_buffer.clear``, or when the connection ends. With server VAD a
+Each buffer of audio is a live session, and so a job (:mod:`gateway.realtime_buffer`):
+it opens with the first audio (with the configuration then in effect), and ends at
+``input_audio_buffer.commit`` (everything transcribed, then the next audio opens the
+next one), at ``input_audio_buffer.clear``, or when the connection ends. With server VAD a
 connection that never commits is one job; ``committed`` and ``completed`` events
 name it (``job_id``) for ``GET /v1/jobs/{id}``.
 
@@ -20,7 +20,8 @@ Bounds: a refused key closes the handshake (403); a full gateway answers an
 ``error`` and closes (1013); a bad event gets an ``error`` and the session goes on,
 as OpenAI's does; no audio for ``STT_LIVE_IDLE_TIMEOUT`` or more than
 ``STT_LIVE_MAX_SECONDS`` of it ends the connection with an ``error``; a client faster
-than real time waits (``feed`` applies backpressure, and this socket stops being read).
+than real time waits (``feed`` applies backpressure, and this socket stops being read),
+and one that reads nothing is not read either (:mod:`gateway.realtime_outbox`).
 """
 
 from __future__ import annotations
@@ -29,23 +30,14 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import json
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
 from fastapi import APIRouter, HTTPException, WebSocket
 
 from gateway.auth import OpenAIOwnerDep
-from gateway.livesession import (
-    BYTES_PER_SECOND,
-    LiveSession,
-    SessionClosed,
-    SessionEnded,
-    SessionOptions,
-)
-from gateway.livesessions import LiveRefused, LiveSessions
+from gateway.livesession import BYTES_PER_SECOND, SessionClosed
+from gateway.livesessions import LiveRefused
 from gateway.openai_realtime import (
     MIN_COMMIT_SECONDS,
     Append,
@@ -62,7 +54,9 @@ from gateway.openai_realtime import (
     parse_client_event,
     updated_config,
 )
+from gateway.realtime_buffer import InputBuffer, live_sessions
 from gateway.realtime_items import ItemTracker
+from gateway.realtime_outbox import Outbox
 from gateway.services import Services, get_services
 
 if TYPE_CHECKING:
@@ -73,12 +67,6 @@ log = structlog.get_logger("gateway.realtime")
 
 #: Close codes: done, a policy (the intent), try again later (full), our failure.
 CLOSE_NORMAL, CLOSE_POLICY, CLOSE_ERROR, CLOSE_TRY_LATER = 1000, 1008, 1011, 1013
-#: Audio goes to the session half a second at a time, so backpressure holds per half second.
-FEED_BYTES = BYTES_PER_SECOND // 2
-#: Server events queued for a client that does not read before we stop reading it.
-OUTBOX_HIGH_WATER = 256
-#: Seconds the last events have to reach a client before the socket closes.
-FLUSH_SECONDS = 5.0
 
 
 @router.websocket("/v1/realtime")
@@ -91,20 +79,12 @@ async def realtime(websocket: WebSocket, owner: OpenAIOwnerDep, intent: str | No
     await connection.run(intent)
 
 
-@dataclass
-class _Buffer:
-    """The live session the current input buffer goes to."""
-
-    session: LiveSession
-    stack: AsyncExitStack
-    #: Forwards the session's events to the client.
-    pump: asyncio.Task[None] | None = None
-    #: We asked it to end (commit, clear, the connection's end): its end is no failure.
-    ending: bool = False
-
-
 class RealtimeConnection:
-    """One client's socket: reads its events, writes ours, owns its live sessions."""
+    """One client's socket: reads its events and answers them.
+
+    What it writes goes through its :class:`Outbox`; the audio, to its
+    :class:`InputBuffer` (the live sessions and the items they make).
+    """
 
     def __init__(
         self, websocket: WebSocket, services: Services, owner: str | None, *, beta: bool
@@ -118,14 +98,12 @@ class RealtimeConnection:
         models = self._settings.model_names
         self._config = TranscriptionConfig(model=models[0], resolved=models[0])
         self._silence_ms = round(self._settings.live_end_silence * 1000)
-        self._items = ItemTracker(self._emit, ga=not beta)
-        self._outbox: asyncio.Queue[Event | None] = asyncio.Queue()
-        #: Set while the outbox is short enough for the reader to go on.
-        self._room = asyncio.Event()
-        self._room.set()
-        self._buffer: _Buffer | None = None
-        #: Seconds of audio of the live sessions that ended (connection time of the next).
-        self._offset = 0.0
+        self._outbox = Outbox(websocket)
+        self._emit = self._outbox.emit
+        items = ItemTracker(self._emit, ga=not beta)
+        self._input = InputBuffer(
+            services, owner, items, connection_id=self._id, on_failure=self._session_failed
+        )
         self._resampler: Resampler24to16 | None = None
         self._close_code = CLOSE_NORMAL
         self._reader: asyncio.Task[None] | None = None
@@ -136,7 +114,7 @@ class RealtimeConnection:
 
     async def run(self, intent: str | None) -> None:
         """Serve the connection until either side ends it."""
-        writer = asyncio.create_task(self._write(), name=f"realtime-write-{self._id}")
+        self._outbox.start(name=f"realtime-write-{self._id}")
         try:
             if self._admitted(intent):
                 self._reader = asyncio.create_task(self._read(), name=f"realtime-{self._id}")
@@ -152,11 +130,8 @@ class RealtimeConnection:
                 self._reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._reader
-            await self._end_buffer(finish=False)
-            self._outbox.put_nowait(None)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer, FLUSH_SECONDS)
-            writer.cancel()
+            await self._input.stop()
+            await self._outbox.flush()
             with contextlib.suppress(Exception):
                 await self._ws.close(self._close_code)
 
@@ -174,7 +149,7 @@ class RealtimeConnection:
             )
             return False
         try:
-            self._live().check_room()
+            live_sessions(self._services).check_room()
         except LiveRefused as exc:
             self._refused(exc)
             return False
@@ -183,32 +158,11 @@ class RealtimeConnection:
         log.info("realtime.connected", session=self._id, beta=self._beta, owner=self._owner)
         return True
 
-    def _live(self) -> LiveSessions:
-        live = self._services.live
-        if live is None:
-            raise LiveRefused("live sessions are not available on this gateway", busy=True)
-        return live
-
     def _session_object(self, *, beta: bool) -> Event:
         render = beta_session if beta else ga_session
         return render(self._config, self._id, self._silence_ms)
 
-    # -- output ----------------------------------------------------------------------
-
-    def _emit(self, event: Event) -> None:
-        """Queue a server event (in order, whichever task produced it)."""
-        self._outbox.put_nowait({"event_id": new_id("event"), **event})
-
-    async def _write(self) -> None:
-        try:
-            while (event := await self._outbox.get()) is not None:
-                if self._outbox.qsize() <= OUTBOX_HIGH_WATER:
-                    self._room.set()
-                await self._ws.send_text(json.dumps(event))
-        except Exception:
-            return  # the client is gone; the reader sees it too
-        finally:
-            self._room.set()
+    # -- errors ------------------------------------------------------------------------
 
     def _fail(self, error: ProtocolError, code: int) -> None:
         """An error that ends the connection: said, then the socket closes with ``code``."""
@@ -224,6 +178,16 @@ class RealtimeConnection:
             CLOSE_TRY_LATER if exc.busy else CLOSE_POLICY,
         )
         log.info("realtime.refused", session=self._id, reason=str(exc))
+
+    def _expired(self, limit: float) -> None:
+        message = f"The session reached its limit of {limit:g} s of audio."
+        self._fail(ProtocolError("session_expired", message), CLOSE_NORMAL)
+
+    def _session_failed(self, message: str) -> None:
+        """A live session failed on its own: said, and the connection ends."""
+        self._fail(ProtocolError("server_error", message, kind="server_error"), CLOSE_ERROR)
+        if self._reader is not None:
+            self._reader.cancel()
 
     # -- input ---------------------------------------------------------------------
 
@@ -256,10 +220,8 @@ class RealtimeConnection:
                     return
             except ProtocolError as exc:
                 self._emit(exc.event())
-            if self._outbox.qsize() > OUTBOX_HIGH_WATER:
-                # The client reads nothing: stop reading it too, until it catches up.
-                self._room.clear()
-                await self._room.wait()
+            # A client that reads nothing is not read either, until it catches up.
+            await self._outbox.wait_for_room()
 
     async def _handle(self, event: ClientEvent) -> bool:
         """One client event; False when the connection must end."""
@@ -270,7 +232,7 @@ class RealtimeConnection:
             return await self._append(event)
         if isinstance(event, Commit):
             return await self._commit(event.event_id)
-        await self._end_buffer(finish=False)
+        await self._input.stop()
         if self._resampler is not None:
             self._resampler.reset()
         self._emit({"type": "input_audio_buffer.cleared"})
@@ -293,47 +255,40 @@ class RealtimeConnection:
         self._emit({"type": kind, "session": self._session_object(beta=beta)})
 
     async def _append(self, event: Append) -> bool:
-        try:
-            pcm24 = base64.b64decode(event.audio, validate=True)
-        except (binascii.Error, ValueError):
-            raise ProtocolError(
-                "invalid_value",
-                "Invalid 'audio': expected base64-encoded 16-bit PCM.",
-                param="audio",
-                event_id=event.event_id,
-            ) from None
+        pcm24 = _audio_of(event)
         self._idle_deadline = asyncio.get_running_loop().time() + self._settings.live_idle_timeout
-        if self._resampler is None:
-            # numpy only here: a gateway that serves no realtime client never imports it.
-            from gateway.resample import Resampler24to16
-
-            self._resampler = Resampler24to16()
-        pcm = self._resampler.convert(pcm24)
+        pcm = self._to_16k(pcm24)
         if not pcm:
             return True
-        buffer = self._buffer or await self._open_buffer()
-        if buffer is None:
-            return False
+        if not self._input.is_open:
+            try:
+                await self._input.open(self._config)
+            except LiveRefused as exc:
+                self._refused(exc)
+                return False
         limit = self._settings.live_max_seconds
-        if self._offset + buffer.session.received + len(pcm) / BYTES_PER_SECOND > limit:
+        if self._input.audio_seconds + len(pcm) / BYTES_PER_SECOND > limit:
             self._expired(limit)
             return False
         try:
-            for start in range(0, len(pcm), FEED_BYTES):
-                await buffer.session.feed(pcm[start : start + FEED_BYTES])
+            await self._input.feed(pcm)
         except SessionClosed:
             self._expired(limit)
             return False
         return True
 
-    def _expired(self, limit: float) -> None:
-        message = f"The session reached its limit of {limit:g} s of audio."
-        self._fail(ProtocolError("session_expired", message), CLOSE_NORMAL)
+    def _to_16k(self, pcm24: bytes) -> bytes:
+        """The client's 24 kHz audio at the 16 kHz live sessions take."""
+        if self._resampler is None:
+            # numpy only here: a gateway that serves no realtime client never imports it.
+            from gateway.resample import Resampler24to16
+
+            self._resampler = Resampler24to16()
+        return self._resampler.convert(pcm24)
 
     async def _commit(self, event_id: str | None) -> bool:
-        buffer = self._buffer
-        received = buffer.session.received if buffer is not None else 0.0
-        if buffer is None or received < MIN_COMMIT_SECONDS:
+        received = self._input.received
+        if not self._input.is_open or received < MIN_COMMIT_SECONDS:
             raise ProtocolError(
                 "input_audio_buffer_commit_empty",
                 "Error committing input audio buffer: buffer too small. Expected at least "
@@ -341,64 +296,18 @@ class RealtimeConnection:
                 f"{received * 1000:.2f}ms of audio.",
                 event_id=event_id,
             )
-        self._items.commit()
-        await self._end_buffer(finish=True)
+        await self._input.commit()
         return True
 
-    # -- live sessions -----------------------------------------------------------------
 
-    async def _open_buffer(self) -> _Buffer | None:
-        """The live session for new audio, opened with the configuration now in effect."""
-        config = self._config
-        options = SessionOptions(
-            model=config.resolved,
-            language=config.language,
-            prompt=config.prompt,
-            end_silence=config.end_silence,
-        )
-        stack = AsyncExitStack()
-        try:
-            session = await stack.enter_async_context(self._live().open(options, self._owner))
-        except LiveRefused as exc:
-            self._refused(exc)
-            return None
-        self._items.start(session.id, config, self._offset)
-        buffer = self._buffer = _Buffer(session, stack)
-        buffer.pump = asyncio.create_task(self._pump(buffer), name=f"realtime-{session.id}")
-        log.info("realtime.buffer_opened", session=self._id, job_id=session.id, vad=config.vad)
-        return buffer
-
-    async def _pump(self, buffer: _Buffer) -> None:
-        """The live session's events, as items; a failure of its own ends the connection."""
-        async for event in buffer.session.events():
-            self._items.on_event(event)
-            if isinstance(event, SessionEnded) and event.error and not buffer.ending:
-                error = ProtocolError("server_error", event.error, kind="server_error")
-                self._fail(error, CLOSE_ERROR)
-                if self._reader is not None:
-                    self._reader.cancel()
-
-    async def _end_buffer(self, *, finish: bool) -> None:
-        """End the live session: ``finish`` transcribes all its audio first, else it stops."""
-        buffer = self._buffer
-        if buffer is None:
-            return
-        buffer.ending = True
-        try:
-            if finish:
-                buffer.session.finish()
-            else:
-                self._items.discard()
-                await buffer.session.close()
-            if buffer.pump is not None:
-                # The pump ends with the session's last event (every item said).
-                await asyncio.wait({buffer.pump})
-        finally:
-            self._buffer = None
-            self._offset += buffer.session.received
-            try:
-                # Closes the session and records it as a job (gateway/livesessions.py).
-                await buffer.stack.aclose()
-            except Exception:
-                # The client's next buffer is still served; the log says what was lost.
-                log.exception("realtime.session_not_recorded", job_id=buffer.session.id)
+def _audio_of(event: Append) -> bytes:
+    """The event's audio, decoded; an error event when it is not base64."""
+    try:
+        return base64.b64decode(event.audio, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(
+            "invalid_value",
+            "Invalid 'audio': expected base64-encoded 16-bit PCM.",
+            param="audio",
+            event_id=event.event_id,
+        ) from None
