@@ -21,7 +21,14 @@ import structlog
 from gateway.broker import BrokerLink, BrokerUnavailable
 from gateway.config import GatewaySettings
 from gateway.livebroker import LiveClient
-from gateway.livesession import LiveEvent, LiveLimits, LiveSession, SessionOptions, Utterance
+from gateway.livesession import (
+    LiveEvent,
+    LiveLimits,
+    LiveSession,
+    SessionEnded,
+    SessionOptions,
+    Utterance,
+)
 from gateway.metrics import GatewayMetrics
 from gateway.store import JobRecord, StatusStore
 from stt_daemon.common.amqp import broker_user
@@ -106,20 +113,7 @@ class LiveSessions:
             prompt=options.prompt,
             word_timestamps=True,
         )
-        now = utcnow()
-        await self._store.create(
-            JobRecord(
-                id=session_id,
-                status=JobStatus.PROCESSING,
-                owner=owner,
-                model=options.model,
-                options={**job_options.model_dump(mode="json"), "live": True},
-                created_at=now,
-                started_at=now,
-                updated_at=now,
-                producer=self._producer,
-            )
-        )
+        await self._store.create(self._processing(session_id, owner, job_options))
         session = LiveSession(
             session_id,
             options,
@@ -139,6 +133,21 @@ class LiveSessions:
             del self._active[session_id]
             self._metrics.live_sessions.dec()
             await self._record(session, job_options)
+
+    def _processing(self, session_id: str, owner: str | None, options: JobOptions) -> JobRecord:
+        """The session's job as it is stored when the session opens: processing."""
+        now = utcnow()
+        return JobRecord(
+            id=session_id,
+            status=JobStatus.PROCESSING,
+            owner=owner,
+            model=options.model,
+            options={**options.model_dump(mode="json"), "live": True},
+            created_at=now,
+            started_at=now,
+            updated_at=now,
+            producer=self._producer,
+        )
 
     def _observe(self, session: LiveSession, event: LiveEvent) -> None:
         """Publish each complete utterance as ``session.segment`` (in the background)."""
@@ -169,18 +178,7 @@ class LiveSessions:
         ended = session.ended
         assert ended is not None
         transcript = ended.transcript
-        # A session that fails after words were committed still keeps them.
-        failed = ended.error is not None and not transcript.segments
-        event = JobEvent(
-            event=EventType.FAILED if failed else EventType.SUCCEEDED,
-            job_id=session.id,
-            model=session.options.model,
-            attempt=1,
-            result=None if failed else transcript,
-            error=ErrorInfo(code=ErrorCode.INTERNAL, message=ended.error or "") if failed else None,
-            options=options,
-            producer=self._producer,
-        )
+        event = self._final_event(session, ended, options)
         try:
             await self._store.apply(event)
         except Exception as exc:
@@ -205,4 +203,22 @@ class LiveSessions:
             windows=session.stats.sent,
             missed=session.stats.missed,
             error=ended.error,
+        )
+
+    def _final_event(
+        self, session: LiveSession, ended: SessionEnded, options: JobOptions
+    ) -> JobEvent:
+        """The job's final event: succeeded with the transcript, or failed."""
+        transcript = ended.transcript
+        # A session that fails after words were committed still keeps them.
+        failed = ended.error is not None and not transcript.segments
+        return JobEvent(
+            event=EventType.FAILED if failed else EventType.SUCCEEDED,
+            job_id=session.id,
+            model=session.options.model,
+            attempt=1,
+            result=None if failed else transcript,
+            error=ErrorInfo(code=ErrorCode.INTERNAL, message=ended.error or "") if failed else None,
+            options=options,
+            producer=self._producer,
         )
