@@ -8,6 +8,7 @@ user) is refused without touching the store or calling a receiver.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -42,6 +43,15 @@ class FakeMessage:
     message_id: str | None = "j1:job.succeeded"
     headers: dict[str, Any] = field(default_factory=dict)
     settled: list[str] = field(default_factory=list)
+    # The other properties of a delivery (a delayed webhook call copies them all).
+    content_type: str | None = None
+    content_encoding: str | None = None
+    priority: int | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    timestamp: datetime | None = None
+    type: str | None = None
+    app_id: str | None = None
 
     async def ack(self) -> None:
         self.settled.append("ack")
@@ -169,10 +179,9 @@ async def test_delayed_copies_are_published_as_the_gateways_own_user() -> None:
 
     delays = DelayQueues(Names(), [1000], connect, 5.0, user="stt-gateway")
     delays._channel = Channel()  # type: ignore[assignment]
-    original = FakeMessage(body(), "stt-daemon")
-    original.content_type = "application/json"  # type: ignore[attr-defined]
-    original.timestamp = None  # type: ignore[attr-defined]
-    original.type = "job.succeeded"  # type: ignore[attr-defined]
+    original = FakeMessage(
+        body(), "stt-daemon", content_type="application/json", type="job.succeeded"
+    )
     await delays.put(original, {"x-stt-callback-attempts": 1}, 1000)  # type: ignore[arg-type]
     (copy,) = published
     assert copy.user_id == "stt-gateway" and copy.body == original.body
