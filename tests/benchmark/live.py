@@ -49,7 +49,8 @@ def speech(copies: int, gap: float = 1.5) -> bytes:
     samples = decode_audio(str(JFK), sampling_rate=16000)
     silence = np.zeros(int(16000 * gap), dtype=np.float32)
     joined = np.concatenate([part for _ in range(copies) for part in (samples, silence)])
-    return (np.clip(joined, -1, 1) * 32767).astype("<i2").tobytes()
+    pcm: bytes = (np.clip(joined, -1, 1) * 32767).astype("<i2").tobytes()
+    return pcm
 
 
 def offline_text(pcm: bytes) -> str:

@@ -109,7 +109,8 @@ def test_a_cluster_url_is_typed_and_kept_as_written(monkeypatch: pytest.MonkeyPa
 def test_a_bad_broker_url_is_refused_without_its_password(url: str, says: str) -> None:
     for settings in (DaemonSettings, GatewaySettings):
         with pytest.raises(ValidationError, match=re.escape(says)) as refused:
-            settings(amqp_url=url)
+            # A string, as the environment gives it: validation is what is tested.
+            settings.model_validate({"amqp_url": url})
         assert "s3cret" not in str(refused.value)
     with pytest.raises(ValueError, match=re.escape(says)):
         AmqpUrls(url)
