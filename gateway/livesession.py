@@ -320,7 +320,7 @@ class LiveSession:
     def _prompt(self) -> str | None:
         """The client's own prompt only (names, spelling), not the committed text.
 
-        Measured on 39 s of mixed speech with tiny.en (benchmark notes in the README):
+        Measured on 39 s of mixed speech with tiny.en (benchmark notes in docs/benchmarks.md):
         the committed text as prompt raised the WER against offline from 2.6 to 7.7
         points. It carries a mistake on into every later window, and tiny models
         repeat it back into silence; the audio kept before each new utterance

@@ -23,7 +23,7 @@ def default_worker_name() -> str:
 def default_prefetch(cores: int | None) -> int:
     """Jobs in flight: 3, or one per two cores on bigger hosts.
 
-    Measured on 2 cores (README, Benchmarks): jobs side by side on one thread each
+    Measured on 2 cores (docs/benchmarks.md): jobs side by side on one thread each
     beat one job on every thread, because CTranslate2 scales far from linearly with
     threads per call. A 16-core host would idle with 3 jobs of 5 threads each.
     """
@@ -82,7 +82,7 @@ class DaemonSettings(CommonSettings):
     ack_timeout: float = Field(default=1800.0, gt=0)
     #: Seconds of work per second of audio assumed until a model has finished a job here.
     assumed_rtf: float = Field(default=0.5, gt=0)
-    #: Port of the Prometheus ``/metrics`` endpoint (all interfaces); 0 = not served.
+    #: Port of the Prometheus ``/metrics`` endpoint (on ``metrics_host``); 0 = not served.
     metrics_port: int = Field(default=9400, ge=0, le=65535)
     #: Interface of that endpoint: loopback unless told otherwise (containers set
     #: 0.0.0.0 so that Prometheus and the probes reach it over the pod network).

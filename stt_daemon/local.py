@@ -153,7 +153,7 @@ def banner(
 ) -> str:
     """What a person needs once everything is up: where the API, broker, models and data are."""
     stt = stt_command()
-    where_stt = "" if stt == "stt" else "   (not on PATH: see README, Command-line client)"
+    where_stt = "" if stt == "stt" else "   (not on PATH: see docs/api/client.md)"
     data = f"{data_dir}"
     if broker_dir is not None and not broker_dir.is_relative_to(data_dir):
         data += f"   (broker files: {broker_dir})"

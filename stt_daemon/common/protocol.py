@@ -175,7 +175,7 @@ class JobOptions(_Wire):
     num_speakers: int | None = Field(default=None, ge=1, le=MAX_SPEAKERS)
     min_speakers: int | None = Field(default=None, ge=1, le=MAX_SPEAKERS)
     max_speakers: int | None = Field(default=None, ge=1, le=MAX_SPEAKERS)
-    #: Where the gateway POSTs the final result (signed); see the README.
+    #: Where the gateway POSTs the final result (signed); see docs/api/webhooks.md.
     callback_url: str | None = Field(default=None, max_length=2000, pattern=r"^https?://")
     #: Let a long recording be split at pauses and its parts run on several daemons
     #: (see ``STT_SPLIT_SECONDS``); false keeps it one job, in one daemon.

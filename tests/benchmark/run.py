@@ -54,7 +54,7 @@ def _fmt(value: float | None) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    """The results as a Markdown table (what README.md shows)."""
+    """The results as a Markdown table (what docs/benchmarks.md shows)."""
     lines = [
         "| Figure | Value | Baseline | Ratio | Target | Met |",
         "|---|---|---|---|---|---|",

@@ -1,4 +1,4 @@
-"""The benchmark script still runs and writes the JSON the README describes (no timings)."""
+"""The benchmark script still runs and writes the JSON docs/benchmarks.md describes (no timings)."""
 
 from __future__ import annotations
 
