@@ -24,7 +24,8 @@ from pydantic import BaseModel
 
 from gateway import callbacks
 from stt_daemon import provenance, quarantine
-from stt_daemon.common import asyncapi, asyncapi_messages, liveprotocol, protocol
+from stt_daemon.common import asyncapi, liveprotocol, protocol
+from stt_daemon.common.asyncapi import messages as asyncapi_messages
 from stt_daemon.common.claims import ClaimSigner
 from stt_daemon.common.liveprotocol import LiveReply, LiveWord, SessionEvent, WindowOptions
 from stt_daemon.common.protocol import (

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stt_daemon.common import blockyaml
+from stt_daemon.common.asyncapi import blockyaml
 
 AWKWARD: dict[str, Any] = {
     # Strings a YAML parser would take for something else if written plain.

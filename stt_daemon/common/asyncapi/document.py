@@ -2,8 +2,8 @@
 
 Exchanges, queues and their arguments come from running
 :func:`~stt_daemon.common.topology.declare_topology` against a recording channel
-(:mod:`~stt_daemon.common.topologyscan`); message schemas from the pydantic models
-(:mod:`~stt_daemon.common.wireschema`). What the code cannot say (what each channel
+(:mod:`~stt_daemon.common.asyncapi.topologyscan`); message schemas from the pydantic models
+(:mod:`~stt_daemon.common.asyncapi.wireschema`). What the code cannot say (what each channel
 is for, who publishes what) is written here. ``docs/broker/asyncapi.yaml`` is this
 module's output, and ``tests/unit/test_asyncapi.py`` fails when it is stale::
 
@@ -18,14 +18,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any, get_args
 
-from stt_daemon.common import blockyaml
-from stt_daemon.common.asyncapi_channels import ChannelSpec, channels
-from stt_daemon.common.asyncapi_messages import messages
-from stt_daemon.common.asyncapi_operations import OperationSpec, operations
+from stt_daemon.common.asyncapi import blockyaml
+from stt_daemon.common.asyncapi.channels import ChannelSpec, channels
+from stt_daemon.common.asyncapi.messages import messages
+from stt_daemon.common.asyncapi.operations import OperationSpec, operations
+from stt_daemon.common.asyncapi.wireschema import component_schemas
 from stt_daemon.common.liveprotocol import SessionEvent
 from stt_daemon.common.protocol import SCHEMA_VERSION, DaemonAnnouncement, EventType
 from stt_daemon.common.topology import Names
-from stt_daemon.common.wireschema import component_schemas
 
 ASYNCAPI_VERSION = "3.0.0"
 #: AsyncAPI's AMQP 0-9-1 bindings.
@@ -163,7 +163,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sys.stdout.write(render(build(Names(args.namespace)), args.format))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 A channel is either a routing key on an exchange (what a publisher addresses) or a
 queue (what a consumer reads). Exchange types, queue arguments and bindings come
-from :func:`~stt_daemon.common.topologyscan.scan`; an exchange or queue declared
+from :func:`~stt_daemon.common.asyncapi.topologyscan.scan`; an exchange or queue declared
 there that this module does not describe stops the generator, so the document
 cannot leave one out.
 """
@@ -12,10 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from stt_daemon.common.asyncapi_messages import ATTEMPTS_HEADER, CALLBACK_HEADERS
+from stt_daemon.common.asyncapi.messages import ATTEMPTS_HEADER, CALLBACK_HEADERS
+from stt_daemon.common.asyncapi.topologyscan import (
+    Binding,
+    Declared,
+    Queue,
+    any_delay,
+    any_model,
+    scan,
+)
 from stt_daemon.common.protocol import HELLO_ROUTING_KEY, EventType
 from stt_daemon.common.topology import Names
-from stt_daemon.common.topologyscan import Binding, Declared, Queue, any_delay, any_model, scan
 
 #: Every job, from a gateway, a producer, or a daemon's copy.
 JOBS = ("jobClaimCheck", "jobRawAudio")

@@ -1,7 +1,7 @@
 """The AsyncAPI message objects: each kind of AMQP message, its body, headers and properties.
 
 Bodies and option headers are the generated schemas of
-:mod:`stt_daemon.common.wireschema`. The AMQP properties each message carries
+:mod:`stt_daemon.common.asyncapi.wireschema`. The AMQP properties each message carries
 (``message_id``, ``user_id``, ``delivery_mode``...) have no field in AsyncAPI's
 AMQP binding, so each message lists them under ``x-amqp-properties``.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from stt_daemon.common.asyncapi.wireschema import INLINE_OPTIONS, WINDOW_OPTIONS, ref
 from stt_daemon.common.claims import SIGNATURE_HEADER
 from stt_daemon.common.liveprotocol import MAX_WINDOW_BYTES, MAX_WINDOW_SECONDS, WINDOW_CONTENT_TYPE
 from stt_daemon.common.protocol import JSON_CONTENT_TYPE, EventType
-from stt_daemon.common.wireschema import INLINE_OPTIONS, WINDOW_OPTIONS, ref
 
 #: Headers of the daemons' own copies of a job (quarantine, hand-back, replay), named
 #: here because their owners are daemon modules that this package may not import

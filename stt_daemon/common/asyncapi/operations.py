@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from stt_daemon.common.asyncapi_channels import JOBS
+from stt_daemon.common.asyncapi.channels import JOBS
 
 #: AMQP operation bindings.
 _PERSISTENT_CONFIRMED = {"deliveryMode": 2, "mandatory": True}
