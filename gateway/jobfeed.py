@@ -35,7 +35,6 @@ from typing import Annotated
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from fastapi import Depends
-from pydantic import ValidationError
 from starlette.requests import HTTPConnection
 
 from gateway.config import GatewaySettings
@@ -45,7 +44,6 @@ from stt_daemon.common.protocol import (
     DecodeError,
     EventType,
     JobEvent,
-    JobOptions,
     JobStatus,
     decode_event,
     utcnow,
@@ -256,10 +254,6 @@ def is_foreign(record: JobRecord, event: JobEvent) -> bool:
 
 def final_event(record: JobRecord) -> JobEvent:
     """The final event of a job that is final in the store, as the daemon reported it."""
-    options = None
-    if record.options is not None:
-        with suppress(ValidationError):
-            options = JobOptions.model_validate(record.options)
     return JobEvent(
         event=FINAL_EVENTS[record.status],
         job_id=record.id,
@@ -269,7 +263,7 @@ def final_event(record: JobRecord) -> JobEvent:
         progress=record.progress,
         result=record.result,
         error=record.error,
-        options=options,
+        options=record.options,
         producer=record.producer,
         timestamp=record.finished_at or record.updated_at or utcnow(),
     )

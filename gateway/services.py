@@ -166,7 +166,7 @@ class Services:
             status=JobStatus.QUEUED,
             owner=owner,
             model=options.model,
-            options=options.model_dump(mode="json"),
+            options=options,
             filename=filename,
             created_at=job.submitted_at,
             updated_at=job.submitted_at,

@@ -21,6 +21,7 @@ from gateway.jobfeed import (
 )
 from gateway.services import IdempotencyKey, Services, ServicesDep
 from gateway.store import JobRecord
+from gateway.store.base import options_json
 from gateway.uploads import receive_upload
 from stt_daemon.common.protocol import ErrorInfo, JobEvent, JobStatus, TranscriptResult
 
@@ -50,7 +51,8 @@ class JobView(BaseModel):
             id=record.id,
             status=record.status,
             model=record.model,
-            options=record.options,
+            # As the API always showed them: JSON, with ``"live": true`` for a live session.
+            options=options_json(record),
             filename=record.filename,
             created_at=record.created_at,
             started_at=record.started_at,

@@ -9,13 +9,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, overload
 
 import structlog
-from pydantic import GetCoreSchemaHandler
+from pydantic import GetCoreSchemaHandler, ValidationError
 from pydantic_core import core_schema
 
 from stt_daemon.common.protocol import (
     ErrorInfo,
     EventType,
     JobEvent,
+    JobOptions,
     JobStatus,
     TranscriptResult,
 )
@@ -81,7 +82,9 @@ class JobRecord:
     #: Who submitted it: the id of an API key (never the key), None without keys.
     owner: str | None = None
     model: str | None = None
-    options: dict[str, Any] | None = None
+    options: JobOptions | None = None
+    #: A live session's record (gateway/livesessions.py), not an uploaded job's.
+    live: bool = False
     filename: str | None = None
     created_at: datetime | None = None
     started_at: datetime | None = None
@@ -96,6 +99,28 @@ class JobRecord:
     #: its own jobs, ``JobEvent.producer`` for outside producers' jobs; "" for a publisher
     #: that gave no ``user_id``); None for records made before producers were recorded.
     producer: str | None = None
+
+
+def stored_options(stored: dict[str, Any]) -> tuple[JobOptions | None, bool]:
+    """A record's options as the stores keep them (JSON, with ``live`` inside): ``(options, live)``.
+
+    Options a newer JobOptions no longer accepts read as None: a status poll must
+    still answer for a job submitted before the change.
+    """
+    live = stored.get("live") is True
+    try:
+        return JobOptions.model_validate(stored), live
+    except ValidationError:
+        log.warning("store.options_unreadable", fields=sorted(stored))
+        return None, live
+
+
+def options_json(record: JobRecord) -> dict[str, Any] | None:
+    """The record's options as the stores keep them: JSON, ``"live": true`` inside for a session."""
+    if record.options is None:
+        return None
+    stored = record.options.model_dump(mode="json")
+    return {**stored, "live": True} if record.live else stored
 
 
 def advance(record: JobRecord | None, event: JobEvent, *, result_ttl: int = 0) -> JobRecord | None:
@@ -127,7 +152,7 @@ def advance(record: JobRecord | None, event: JobEvent, *, result_ttl: int = 0) -
     record.updated_at = event.timestamp
     record.model = record.model or event.model
     if record.options is None and event.options is not None:
-        record.options = event.options.model_dump(mode="json")
+        record.options = event.options
     if event.attempt is not None:
         record.attempts = max(record.attempts, event.attempt)
     record.worker = event.worker or record.worker

@@ -21,20 +21,42 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from typing import Annotated, Any
 from urllib.parse import urlparse
 
 import redis.asyncio as aioredis
-from pydantic import TypeAdapter
+from pydantic import BeforeValidator, TypeAdapter
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from gateway.store.base import JobRecord, advance, idempotency_ttl, owner_scope, result_json
+from gateway.store.base import (
+    JobRecord,
+    advance,
+    idempotency_ttl,
+    owner_scope,
+    result_json,
+    stored_options,
+)
 from stt_daemon.common.backoff import Backoff
 from stt_daemon.common.protocol import JobEvent, JobStatus
 from stt_daemon.common.urls import redact
 
 SCHEMES = ("redis", "rediss", "unix")
-_RECORD = TypeAdapter(JobRecord)
+
+
+def _read_options(data: Any) -> Any:
+    """A stored record's options read as the SQLite store reads them.
+
+    Records written before ``live`` was a field of its own hold it inside their
+    options, and options a newer JobOptions refuses read as None.
+    """
+    if isinstance(data, dict) and isinstance(data.get("options"), dict):
+        options, live = stored_options(data["options"])
+        return {**data, "options": options, "live": data.get("live") is True or live}
+    return data
+
+
+_RECORD = TypeAdapter(Annotated[JobRecord, BeforeValidator(_read_options)])
 #: Left out of the job's key: the transcript has a key of its own.
 _RESULT = {"result"}
 #: Optimistic transactions lost in a row before giving up (each loss means another write won).

@@ -10,7 +10,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.store.base import JobRecord, advance, idempotency_ttl, owner_scope, result_json
+from gateway.store.base import (
+    JobRecord,
+    advance,
+    idempotency_ttl,
+    options_json,
+    owner_scope,
+    result_json,
+    stored_options,
+)
 from gateway.store.dbthread import Connection
 from stt_daemon.common.protocol import ErrorInfo, JobEvent, JobStatus
 
@@ -97,7 +105,8 @@ def _row(record: JobRecord, expires_at: float | None) -> tuple[Any, ...]:
         record.status.value,
         record.owner,
         record.model,
-        json.dumps(record.options) if record.options is not None else None,
+        # ``live`` goes inside, as it always has: the column's JSON keeps its shape.
+        json.dumps(options_json(record)) if record.options is not None else None,
         record.filename,
         _ts(record.created_at),
         _ts(record.started_at),
@@ -114,12 +123,14 @@ def _row(record: JobRecord, expires_at: float | None) -> tuple[Any, ...]:
 
 
 def _record(row: sqlite3.Row) -> JobRecord:
+    options, live = stored_options(json.loads(row["options"])) if row["options"] else (None, False)
     return JobRecord(
         id=row["id"],
         status=JobStatus(row["status"]),
         owner=row["owner"],
         model=row["model"],
-        options=json.loads(row["options"]) if row["options"] else None,
+        options=options,
+        live=live,
         filename=row["filename"],
         created_at=_dt(row["created_at"]),
         started_at=_dt(row["started_at"]),

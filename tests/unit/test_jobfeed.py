@@ -16,6 +16,7 @@ from stt_daemon.common.protocol import (
     ErrorInfo,
     EventType,
     JobEvent,
+    JobOptions,
     JobStatus,
     TranscriptResult,
     encode_event,
@@ -171,7 +172,7 @@ def test_final_event_of_a_record() -> None:
     record = JobRecord(
         id="j1",
         status=JobStatus.CANCELLED,
-        options={"model": "tiny.en", "task": "transcribe"},
+        options=JobOptions(model="tiny.en"),
         error=ErrorInfo(code=ErrorCode.CANCELLED, message="cancelled on request"),
     )
     made = final_event(record)
