@@ -26,7 +26,10 @@ from stt_daemon.common.protocol import (
     Word,
 )
 from stt_daemon.control import Cancellations
-from stt_daemon.fanout import CannotSplit, FanOut, Manifest, merge, wav_bytes
+from stt_daemon.fanbook import Manifest, stem
+from stt_daemon.fanout import FanOut
+from stt_daemon.merging import merge
+from stt_daemon.partjobs import CannotSplit, wav_bytes
 
 
 class Exchange:
@@ -180,8 +183,7 @@ def _manifest(fan: FanOut, tmp_path: Path, lengths: list[float], job_id: str = "
         language_probability=None,
         parts=list(zip(offsets, lengths, strict=True)),
     )
-    stem = fan._stem(job_id)
-    (tmp_path / "blobs" / f"{stem}.json").write_text(manifest.model_dump_json())
+    (tmp_path / "blobs" / f"{stem(job_id)}.json").write_text(manifest.model_dump_json())
 
 
 def test_progress_until_the_last_part_then_one_merge(tmp_path: Path) -> None:

@@ -280,6 +280,7 @@ def _part_message(
 
 
 async def test_a_failing_part_fails_its_recording_and_stops_the_others(tmp_path: Path) -> None:
+    from stt_daemon.fanbook import stem
     from stt_daemon.fanout import FanOut
 
     log: list[str] = []
@@ -288,7 +289,7 @@ async def test_a_failing_part_fails_its_recording_and_stops_the_others(tmp_path:
     fan = FanOut(blobs, None, split_seconds=180, part_seconds=60, publish_timeout=5)  # type: ignore[arg-type]
     manifest = '{"job_id":"rec-1","duration":180,"language":"en","language_probability":null,'
     manifest += '"parts":[[0,60],[60,60],[120,60]]}'
-    (blobs.root / f"{fan._stem('rec-1')}.json").write_text(manifest)
+    (blobs.root / f"{stem('rec-1')}.json").write_text(manifest)
     config = DaemonSettings(data_dir=tmp_path, retry_backoff=0)
     engine = FakeEngine()
     handler = JobHandler(config, {"tiny.en": engine}, blobs, events, fanout=fan)  # type: ignore[arg-type]

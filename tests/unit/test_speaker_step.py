@@ -38,7 +38,8 @@ from stt_daemon.common.protocol import (
 from stt_daemon.common.topology import Names
 from stt_daemon.config import DaemonSettings
 from stt_daemon.control import Cancellations, ControlPlane
-from stt_daemon.fanout import FanOut, Manifest
+from stt_daemon.fanbook import Manifest, stem
+from stt_daemon.fanout import FanOut
 from stt_daemon.handler import JobHandler
 from stt_daemon.metrics import DaemonMetrics
 from stt_daemon.settling import PermanentError
@@ -335,7 +336,7 @@ async def test_parts_keep_their_prints_and_the_merge_labels_the_recording_once(
         job_id="rec-1", duration=22.0, language="en", language_probability=None,
         parts=[(0.0, 11.0), (11.0, 11.0)],
     )  # fmt: skip
-    (blobs.root / f"{fan._stem('rec-1')}.json").write_text(manifest.model_dump_json())
+    (blobs.root / f"{stem('rec-1')}.json").write_text(manifest.model_dump_json())
     log: list[str] = []
     diarizer = FakeDiarizer()
     handler, events = _handler(tmp_path, FakeEngine(), log, _diarizing(diarizer), fan)
