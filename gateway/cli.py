@@ -36,7 +36,7 @@ EXTENSIONS = {
 }
 #: Formats made of speakers: asking for one turns on ``--diarize speakers`` by itself.
 SPEAKER_FORMATS = frozenset({"rttm", "diarized_json"})
-#: The speaker-count options; the gateway's rules (stt_daemon/common/protocol.py) are checked here
+#: The speaker-count options; the gateway's rules (stt_daemon/common/protocol/) are checked here
 #: too, so that no file is uploaded only to be refused (this module never imports pydantic).
 SPEAKER_HINTS = ("num_speakers", "min_speakers", "max_speakers")
 MAX_SPEAKERS = 32

@@ -7,6 +7,7 @@ into a live session (gateway/livesessions.py) served by the daemons. Wyoming has
 no authentication: it belongs on a trusted network (docs/api/live/wyoming.md).
 
 Modules: ``framing`` reads events within bounds, ``catalog`` says which models
-and languages there are, ``handler`` serves one connection, ``server`` owns the
-listener and the shutdown, ``__main__`` the command line.
+and languages there are, ``handler`` serves one connection, ``transcriber`` its
+transcriptions (each a live session), ``server`` owns the listener and the shutdown,
+``__main__`` the command line.
 """

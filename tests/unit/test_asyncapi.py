@@ -176,7 +176,7 @@ def _wire_models() -> set[str]:
             if (
                 inspect.isclass(value)
                 and issubclass(value, BaseModel)
-                and value.__module__ == module.__name__
+                and value.__module__.startswith(module.__name__)
                 and not name.startswith("_")
             ):
                 found.add(name)
