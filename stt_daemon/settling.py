@@ -23,7 +23,6 @@ from aio_pika.exceptions import ChannelInvalidStateError
 
 from stt_daemon import deadletters
 from stt_daemon.checkpoints import Checkpoint, CheckpointStore
-from stt_daemon.common.backoff import Backoff
 from stt_daemon.common.blobs import BlobError, BlobStore
 from stt_daemon.common.protocol import ErrorCode, EventType, InboundJob, JobEvent, Segment
 from stt_daemon.events import EventPublisher
@@ -72,11 +71,6 @@ def delivery_lost(message: AbstractIncomingMessage) -> bool:
         return bool(message.channel.is_closed)
     except ChannelInvalidStateError:  # aio-pika's answer for a closed channel
         return True
-
-
-def backoff(attempt: int, base: float, cap: float = 60.0) -> float:
-    """The wait before a job's transient retry: full jitter spreads many jobs' retries apart."""
-    return Backoff(base, cap, jitter=True).delay(attempt)
 
 
 def ignore_progress(_fraction: float, _segments: Sequence[Segment] = (), /) -> None:
