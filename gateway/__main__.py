@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=30,
         workers=workers,
         # h11 with a head size cap, head/body deadlines, a socket cap and websocket
-        # upload slots: what one client may hold (README, "Limits").
+        # upload slots: what one client may hold (docs/api/limits.md).
         **uvicorn_options(settings),
     )
 

@@ -110,7 +110,7 @@ class WhisperEngine:
         self.multilingual = bool(self._model.model.is_multilingual)
         # Batched: the recording is cut into speech chunks (Silero VAD) that are decoded
         # together, up to batch_size at once: what keeps a GPU busy. On a CPU, parallel
-        # single-thread jobs use the cores better (see the README's Benchmarks).
+        # single-thread jobs use the cores better (see docs/benchmarks.md).
         self._batched = BatchedInferencePipeline(self._model) if batch_size > 0 else None
         # Features a window at a time, from the recording on disk (see features.py).
         self._features = WindowedFeatures(self._model.feature_extractor)
