@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 
 import structlog
 from fastapi import FastAPI
@@ -17,14 +18,13 @@ from gateway.config import GatewaySettings
 from gateway.errors import install_error_handlers
 from gateway.fleet import Fleet
 from gateway.jobfeed import JobFeed
-from gateway.livebroker import LiveClient
-from gateway.livesessions import LiveSessions
+from gateway.livestack import live_sessions
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.recorder import Recorder
 from gateway.requestid import RequestIdMiddleware
 from gateway.routes import compat, health, jobs, metrics, models, openai, realtime, whisperlive
 from gateway.services import Services
-from gateway.store import open_store, purge_periodically, redacted
+from gateway.store import StatusStore, open_store, purge_periodically, redacted
 from stt_daemon import __version__
 from stt_daemon.common.blobs import BlobStore
 from stt_daemon.common.logs import configure_logging
@@ -36,77 +36,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """Build the app; settings come from the environment when not given."""
     settings = settings or GatewaySettings()
     gateway_metrics = GatewayMetrics(settings.names)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = open_store(
-            settings.resolved_status_url,
-            namespace=settings.namespace,
-            result_ttl=settings.result_ttl,
-        )
-        # Retention: deletes final jobs past STT_RESULT_TTL (Redis expires them by itself).
-        purger = asyncio.create_task(purge_periodically(store, settings.result_ttl))
-        publisher = BrokerLink(settings, role="publish")
-        # The recorder gets a connection of its own: a memory alarm that blocks
-        # publishing must not stop statuses from being recorded.
-        recorder_link = BrokerLink(settings, role="recorder")
-        recorder = Recorder.from_settings(store, settings, gateway_metrics.event_recorded)
-        recorder_link.on_connected(recorder.start)
-        # Queue depths are read on the recorder's connection: it never publishes,
-        # so a memory alarm that blocks publishers does not stall a scrape.
-        recorder_link.on_connected(gateway_metrics.attach)
-        fleet = Fleet(settings.names)
-        recorder_link.on_connected(fleet.start)
-        # Event streams: this process's own copy of the job events (gateway/jobfeed.py).
-        app.state.jobfeed = JobFeed.from_settings(settings)
-        recorder_link.on_connected(app.state.jobfeed.start)
-        callbacks = _callback_sender(settings)
-        if callbacks is not None:
-            recorder_link.on_connected(callbacks.start)
-        # Live windows get a connection of their own: they must not queue behind
-        # uploads' job publishes, nor stall when the recorder is busy.
-        live_link = BrokerLink(settings, role="live")
-        live_client = LiveClient(settings.names, settings.amqp_url, settings.publish_timeout)
-        live_link.on_connected(live_client.start)
-        app.state.services = Services(
-            settings=settings,
-            blobs=BlobStore(settings.resolved_blob_url),
-            store=store,
-            broker=publisher,
-            fleet=fleet,
-            metrics=gateway_metrics,
-        )
-        services = app.state.services
-        services.live = LiveSessions(settings, live_client, store, publisher, gateway_metrics)
-        publisher.start()
-        live_link.start()
-        recorder_link.start()
-        log.info(
-            "gateway.started",
-            models=settings.model_names,
-            status_url=redacted(settings.resolved_status_url),
-            blob_url=settings.resolved_blob_url,
-        )
-        log_auth_mode(app.state.auth, settings)
-        try:
-            yield
-        finally:
-            await live_link.close()
-            await publisher.close()
-            await recorder_link.close()
-            if callbacks is not None:
-                await callbacks.close()
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
-            await store.close()
-            log.info("gateway.stopped", events_recorded=recorder.applied)
-
     app = FastAPI(
         title="stt-jobs gateway",
         version=__version__,
         description="Whisper transcription jobs over RabbitMQ.",
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, gateway_metrics),
         # With API keys, the API's map is not handed to whoever asks (STT_API_DOCS).
         docs_url="/docs" if settings.serves_api_docs else None,
         redoc_url="/redoc" if settings.serves_api_docs else None,
@@ -115,6 +49,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_error_handlers(app, settings.retry_after)
     # Keys are loaded here, not in the lifespan: an unreadable key file stops the start.
     install_auth(app, settings)
+    _include_routers(app)
+    # Added last, so outermost: the request id is bound before anything else runs.
+    app.add_middleware(MetricsMiddleware, metrics=gateway_metrics)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def _include_routers(app: FastAPI) -> None:
+    """One router per resource."""
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(compat.router)
@@ -125,10 +68,113 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(realtime.router)
     # WhisperLive's clients connect to ws://host:port (the root path).
     app.include_router(whisperlive.router)
-    # Added last, so outermost: the request id is bound before anything else runs.
-    app.add_middleware(MetricsMiddleware, metrics=gateway_metrics)
-    app.add_middleware(RequestIdMiddleware)
-    return app
+
+
+def _lifespan(
+    settings: GatewaySettings, gateway_metrics: GatewayMetrics
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The lifespan: connections opened once at start-up, closed in ``finally``."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        running = _start(app, settings, gateway_metrics)
+        log.info(
+            "gateway.started",
+            models=settings.model_names,
+            status_url=redacted(settings.resolved_status_url),
+            blob_url=settings.resolved_blob_url,
+        )
+        log_auth_mode(app.state.auth, settings)
+        try:
+            yield
+        finally:
+            await running.close()
+            log.info("gateway.stopped", events_recorded=running.recorder.applied)
+
+    return lifespan
+
+
+@dataclass
+class _Running:
+    """What the lifespan opened, closed in its own order by :meth:`close`."""
+
+    store: StatusStore
+    purger: asyncio.Task[None]
+    publisher: BrokerLink
+    recorder_link: BrokerLink
+    live_link: BrokerLink
+    recorder: Recorder
+    callbacks: CallbackSender | None
+
+    async def close(self) -> None:
+        """Links first (live, publish, recorder), then callbacks, the purge, the store."""
+        await self.live_link.close()
+        await self.publisher.close()
+        await self.recorder_link.close()
+        if self.callbacks is not None:
+            await self.callbacks.close()
+        self.purger.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.purger
+        await self.store.close()
+
+
+def _start(app: FastAPI, settings: GatewaySettings, gateway_metrics: GatewayMetrics) -> _Running:
+    """Open the store, wire the three broker links and the services, start the links."""
+    store = open_store(
+        settings.resolved_status_url,
+        namespace=settings.namespace,
+        result_ttl=settings.result_ttl,
+    )
+    # Retention: deletes final jobs past STT_RESULT_TTL (Redis expires them by itself).
+    purger = asyncio.create_task(purge_periodically(store, settings.result_ttl))
+    publisher = BrokerLink(settings, role="publish")
+    fleet = Fleet(settings.names)
+    recorder_link, recorder, callbacks = _recording(app, settings, store, gateway_metrics, fleet)
+    # Live windows get a connection of their own: they must not queue behind
+    # uploads' job publishes, nor stall when the recorder is busy.
+    live_link, live = live_sessions(settings, store, publisher, gateway_metrics)
+    app.state.services = Services(
+        settings=settings,
+        blobs=BlobStore(settings.resolved_blob_url),
+        store=store,
+        broker=publisher,
+        fleet=fleet,
+        metrics=gateway_metrics,
+        live=live,
+    )
+    publisher.start()
+    live_link.start()
+    recorder_link.start()
+    return _Running(store, purger, publisher, recorder_link, live_link, recorder, callbacks)
+
+
+def _recording(
+    app: FastAPI,
+    settings: GatewaySettings,
+    store: StatusStore,
+    gateway_metrics: GatewayMetrics,
+    fleet: Fleet,
+) -> tuple[BrokerLink, Recorder, CallbackSender | None]:
+    """The recorder's link (not started yet) and what consumes on it.
+
+    The recorder gets a connection of its own: a memory alarm that blocks
+    publishing must not stop statuses from being recorded.
+    """
+    recorder_link = BrokerLink(settings, role="recorder")
+    recorder = Recorder.from_settings(store, settings, gateway_metrics.event_recorded)
+    recorder_link.on_connected(recorder.start)
+    # Queue depths are read on the recorder's connection: it never publishes,
+    # so a memory alarm that blocks publishers does not stall a scrape.
+    recorder_link.on_connected(gateway_metrics.attach)
+    recorder_link.on_connected(fleet.start)
+    # Event streams: this process's own copy of the job events (gateway/jobfeed.py).
+    app.state.jobfeed = JobFeed.from_settings(settings)
+    recorder_link.on_connected(app.state.jobfeed.start)
+    callbacks = _callback_sender(settings)
+    if callbacks is not None:
+        recorder_link.on_connected(callbacks.start)
+    return recorder_link, recorder, callbacks
 
 
 def _callback_sender(settings: GatewaySettings) -> CallbackSender | None:
