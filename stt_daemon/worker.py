@@ -8,12 +8,17 @@ from collections.abc import Mapping
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 
 from stt_daemon.common import amqp
 from stt_daemon.common.backoff import Backoff
 from stt_daemon.common.blobs import BlobStore
-from stt_daemon.common.topology import declare_topology
+from stt_daemon.common.topology import Topology, declare_topology
 from stt_daemon.config import DaemonSettings
 from stt_daemon.control import Cancellations, ControlPlane
 from stt_daemon.deadletters import sweep_periodically
@@ -114,58 +119,23 @@ class Daemon:
         return chores
 
     async def _serve(self) -> None:
-        settings = self._settings
-        try:
-            connections = [
-                await connect(settings, role, self._stop)
-                # Two connections: a broker memory alarm blocks publishers, and must not
-                # also stall the consumer side (acks, heartbeats) of the same connection.
-                # The control plane reads a stream: in a cluster, a node whose replica of
-                # it is not running yet closes the whole connection (RESOURCE_ERROR). That
-                # must not stop job consumption, so the stream gets a connection of its own.
-                for role in ("consume", "publish", "control")
-            ]
-        except StopRequested:
+        connections = await self._connect()
+        if connections is None:
             log.info("daemon.stopped", reason="asked to stop before the broker answered")
             return
         consume_conn, publish_conn, control_conn = connections
         try:
             publish_channel = await publish_conn.channel(publisher_confirms=True)
             topology = await declare_topology(
-                publish_channel, settings.names, self._engines, settings.queue_limits
-            )
-            events = EventPublisher(
-                publish_channel,
-                topology.results_exchange,
-                settings.publish_timeout,
-                publish_conn,
-                user_id=settings.broker_user,
-                namespace=settings.names.prefix,
+                publish_channel, self._settings.names, self._engines, self._settings.queue_limits
             )
             cancellations = Cancellations()
-            blobs = BlobStore(settings.resolved_blob_url)
-            handler = JobHandler(
-                settings,
-                self._engines,
-                blobs,
-                events,
-                cancellations,
-                self._metrics,
-                await self._quarantine(publish_conn),
-                await self._fanout(publish_conn, blobs),
-                await self._handback(publish_conn),
-                self._speakers,
-            )
+            handler = await self._handler(publish_conn, publish_channel, topology, cancellations)
             live = self._live_server()
             await live.start(consume_conn, publish_channel)
-            control = ControlPlane(
-                settings, self._engines, lambda: len(self._tasks), cancellations, self._speakers
-            )
-            assert topology.control_exchange is not None
-            await control.start(await control_conn.channel(), topology.control_exchange)
-            await control.caught_up()
+            control = await self._control(control_conn, topology, cancellations)
             await self._start_consumers(consume_conn, handler)
-            log.info("daemon.ready", models=list(self._engines), prefetch=settings.prefetch)
+            log.info("daemon.ready", models=list(self._engines), prefetch=self._settings.prefetch)
             await self._stop.wait()
             await self._shutdown(handler)
             await control.stop()
@@ -174,6 +144,67 @@ class Daemon:
             await consume_conn.close()
             await publish_conn.close()
             await control_conn.close()
+
+    async def _connect(self) -> list[AbstractRobustConnection] | None:
+        """The consume, publish and control connections; None when asked to stop first."""
+        try:
+            return [
+                await connect(self._settings, role, self._stop)
+                # Two connections: a broker memory alarm blocks publishers, and must not
+                # also stall the consumer side (acks, heartbeats) of the same connection.
+                # The control plane reads a stream: in a cluster, a node whose replica of
+                # it is not running yet closes the whole connection (RESOURCE_ERROR). That
+                # must not stop job consumption, so the stream gets a connection of its own.
+                for role in ("consume", "publish", "control")
+            ]
+        except StopRequested:
+            return None
+
+    async def _handler(
+        self,
+        publish_conn: AbstractRobustConnection,
+        publish_channel: AbstractChannel,
+        topology: Topology,
+        cancellations: Cancellations,
+    ) -> JobHandler:
+        """The job handler, publishing its events on the results exchange."""
+        settings = self._settings
+        events = EventPublisher(
+            publish_channel,
+            topology.results_exchange,
+            settings.publish_timeout,
+            publish_conn,
+            user_id=settings.broker_user,
+            namespace=settings.names.prefix,
+        )
+        blobs = BlobStore(settings.resolved_blob_url)
+        return JobHandler(
+            settings,
+            self._engines,
+            blobs,
+            events,
+            cancellations,
+            self._metrics,
+            await self._quarantine(publish_conn),
+            await self._fanout(publish_conn, blobs),
+            await self._handback(publish_conn),
+            self._speakers,
+        )
+
+    async def _control(
+        self,
+        control_conn: AbstractRobustConnection,
+        topology: Topology,
+        cancellations: Cancellations,
+    ) -> ControlPlane:
+        """The control plane, started and caught up with the stream's past commands."""
+        control = ControlPlane(
+            self._settings, self._engines, lambda: len(self._tasks), cancellations, self._speakers
+        )
+        assert topology.control_exchange is not None
+        await control.start(await control_conn.channel(), topology.control_exchange)
+        await control.caught_up()
+        return control
 
     def _live_server(self) -> LiveServer:
         """Answers live windows; one gate for all models, since they share the CPU."""
