@@ -161,18 +161,7 @@ class Services:
         structlog.contextvars.bind_contextvars(job_id=job_id)
         ref = blob.commit(job_id, content_type, filename)
         job = JobMessage(job_id=job_id, options=options, audio=ref, request_id=current_request_id())
-        record = JobRecord(
-            id=job_id,
-            status=JobStatus.QUEUED,
-            owner=owner,
-            model=options.model,
-            options=options,
-            filename=filename,
-            created_at=job.submitted_at,
-            updated_at=job.submitted_at,
-            # The user our jobs are published as: only events about jobs it published count.
-            producer=broker_user(self.settings.amqp_url),
-        )
+        record = self._queued_record(job, owner=owner, filename=filename)
         # Recorded before publishing, so that no event can ever find the job missing.
         await self.store.create(record)
         if idempotency_key is not None:
@@ -181,19 +170,42 @@ class Services:
                 # Ours was dropped: the request answers with the earlier job.
                 structlog.contextvars.bind_contextvars(job_id=repeated.id)
                 return repeated
+        await self._publish(job, ref.url, owner=owner, idempotency_key=idempotency_key)
+        self.metrics.job_submitted(options.model)
+        return record
+
+    def _queued_record(
+        self, job: JobMessage, *, owner: str | None, filename: str | None
+    ) -> JobRecord:
+        """The store's record of a job about to be published."""
+        return JobRecord(
+            id=job.job_id,
+            status=JobStatus.QUEUED,
+            owner=owner,
+            model=job.options.model,
+            options=job.options,
+            filename=filename,
+            created_at=job.submitted_at,
+            updated_at=job.submitted_at,
+            # The user our jobs are published as: only events about jobs it published count.
+            producer=broker_user(self.settings.amqp_url),
+        )
+
+    async def _publish(
+        self, job: JobMessage, blob_url: str, *, owner: str | None, idempotency_key: str | None
+    ) -> None:
+        """Publish the job; on a refusal, undo what submitting it did and re-raise."""
         try:
             await self.broker.publish_job(job)
         except (QueueFull, BrokerUnavailable, UnroutableJob) as exc:
-            await self.store.discard(job_id)
-            self.blobs.delete(ref.url)
+            await self.store.discard(job.job_id)
+            self.blobs.delete(blob_url)
             if idempotency_key is not None:  # so that the client's retry can submit
                 await self.store.release_idempotency(owner, idempotency_key)
             self.metrics.job_refused(exc)
             # The client never gets this id: the refusal's access line names no job.
             structlog.contextvars.unbind_contextvars("job_id")
             raise
-        self.metrics.job_submitted(options.model)
-        return record
 
     async def _repeated_job(self, record: JobRecord, key: str, blob_url: str) -> JobRecord | None:
         """The job an earlier request with this key made (ours is dropped), or None: ours counts.
