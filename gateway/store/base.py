@@ -135,20 +135,13 @@ def advance(record: JobRecord | None, event: JobEvent, *, result_ttl: int = 0) -
     older than the retention (``result_ttl`` seconds, 0 = forever) never creates a
     record: its job may have finished and been purged, and must stay gone.
     """
-    new = event.status
     if record is None:
         if _is_past_retention(event, result_ttl):
             return None
-        record = JobRecord(
-            id=event.job_id,
-            status=JobStatus.QUEUED,
-            model=event.model,
-            created_at=event.timestamp,
-            producer=event.producer,
-        )
+        record = _first_record(event)
     elif _is_foreign(record, event) or _is_stale(record, event):
         return None
-    record.status = new
+    record.status = event.status
     record.updated_at = event.timestamp
     record.model = record.model or event.model
     if record.options is None and event.options is not None:
@@ -156,21 +149,43 @@ def advance(record: JobRecord | None, event: JobEvent, *, result_ttl: int = 0) -
     if event.attempt is not None:
         record.attempts = max(record.attempts, event.attempt)
     record.worker = event.worker or record.worker
-    if new is JobStatus.PROCESSING:
+    if event.status.is_final:
+        _finish(record, event)
+    else:
+        _progress(record, event)
+    return record
+
+
+def _first_record(event: JobEvent) -> JobRecord:
+    """The record an event makes for a job the store has not seen (an outside producer's)."""
+    return JobRecord(
+        id=event.job_id,
+        status=JobStatus.QUEUED,
+        model=event.model,
+        created_at=event.timestamp,
+        producer=event.producer,
+    )
+
+
+def _progress(record: JobRecord, event: JobEvent) -> None:
+    """A running job's progress moves forward; a handed-back one's is its checkpoint's."""
+    if event.status is JobStatus.PROCESSING:
         record.started_at = record.started_at or event.timestamp
         if event.progress is not None:
             record.progress = max(record.progress, event.progress)
-    elif new is JobStatus.QUEUED and event.progress is not None:
+    elif event.status is JobStatus.QUEUED and event.progress is not None:
         # What its checkpoint holds: the next daemon starts from there.
         record.progress = event.progress
-    if new.is_final:
-        record.finished_at = event.timestamp
-        record.started_at = record.started_at or event.timestamp
-        record.result = event.result
-        record.error = event.error
-        if new is JobStatus.SUCCEEDED:
-            record.progress = 1.0
-    return record
+
+
+def _finish(record: JobRecord, event: JobEvent) -> None:
+    """A final event's outcome: its time, its transcript or error."""
+    record.finished_at = event.timestamp
+    record.started_at = record.started_at or event.timestamp
+    record.result = event.result
+    record.error = event.error
+    if event.status is JobStatus.SUCCEEDED:
+        record.progress = 1.0
 
 
 def _is_foreign(record: JobRecord, event: JobEvent) -> bool:
