@@ -163,6 +163,8 @@ async def test_the_real_client_streams_jfk_after_hostile_frames_and_the_session_
     job_id = ready_of(heard, uid)["job_id"]
     job = await job_of(gw, job_id)
     assert job["status"] == "succeeded", job
+    # A session's record says it was live (docs/api/live/index.md, "Sessions are jobs").
+    assert job["options"]["live"] is True, job
     assert WORDS in normalise(job["result"]["text"])
     completed_text = " ".join(s["text"] for s in ours[-1]["segments"])
     assert normalise(job["result"]["text"]) == normalise(completed_text)
