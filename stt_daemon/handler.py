@@ -104,7 +104,7 @@ class JobHandler:
         self._quarantine = quarantine
         self._interrupts = Interrupts()
         self._speakers = Speakers(speakers or SpeakerStep.off(NOT_LOADED), self.metrics)
-        self._parts = PartRunner(fanout, self._settle, self.metrics, self.counts, self._speakers)
+        self._parts = PartRunner(fanout, self._settle, self._outcomes, self._speakers)
         self._end = Endings(settings, events, self._settle, self._parts, self._outcomes)
         self._transcriber = Transcriber(
             settings, engines, blobs, self._settle, self._speakers, self._interrupts

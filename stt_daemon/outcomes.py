@@ -40,7 +40,7 @@ class Outcomes:
                 "abandoned",
                 "quarantined",
                 "split",
-                "parts",
+                "part",
             ),
             0,
         )

@@ -1,13 +1,16 @@
 """The handler's side of fan-out: split a long recording, skip settled parts, record finished ones.
 
-fanout.py keeps the books (files, publishing); this module decides what a
-delivery does with them and reports it: events, acks, counts and log lines.
+fanout.py fronts the books (fanbook.py: files; partjobs.py: publishing the parts;
+merging.py: the merge); this module decides what a delivery does with them and
+reports it: events and acks here, the outcome counted, metered and logged once
+through outcomes.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
@@ -16,7 +19,7 @@ from stt_daemon.audio import PcmFile
 from stt_daemon.common.protocol import ErrorCode, EventType, InboundJob, TranscriptResult
 from stt_daemon.engine import Engine
 from stt_daemon.fanout import CannotSplit, FanOut
-from stt_daemon.metrics import DaemonMetrics
+from stt_daemon.outcomes import Outcomes
 from stt_daemon.settling import PermanentError, Settler, Timings
 from stt_daemon.speakers.step import Speakers
 
@@ -30,15 +33,13 @@ class PartRunner:
         self,
         fanout: FanOut | None,
         settle: Settler,
-        metrics: DaemonMetrics,
-        counts: dict[str, int],
+        outcomes: Outcomes,
         speakers: Speakers,
     ) -> None:
         self._fanout = fanout
         self._speakers = speakers
         self._settle = settle
-        self._metrics = metrics
-        self._counts = counts
+        self._outcomes = outcomes
 
     async def split(
         self,
@@ -61,9 +62,9 @@ class PartRunner:
             return False
         timings.mark("split_s", mark)
         await self._settle.ack_quietly(message, job)
-        self._counts["split"] += 1
-        self._metrics.job_finished(job.message.options.model, "split")
-        log.info("job.split", parts=count, model=job.message.options.model, **timings.marks)
+        model = job.message.options.model
+        fields: dict[str, Any] = {"parts": count, "model": model, **timings.marks}
+        self._outcomes.record("split", model, "job.split", **fields)
         return True
 
     async def wanted(self, message: AbstractIncomingMessage, job: InboundJob) -> bool:
@@ -94,7 +95,6 @@ class PartRunner:
             final = self._settle.event(job, EventType.SUCCEEDED, attempt, result=whole)
             await self._settle.finish(message, job, final, ack=True)
             await asyncio.to_thread(self._fanout.settle, job.job_id)
-            self._counts["succeeded"] += 1
         else:
             if outcome.progress is not None:
                 progress = self._settle.event(
@@ -102,15 +102,17 @@ class PartRunner:
                 )
                 await self._settle.publish_quietly(progress)
             await self._settle.ack_quietly(message, job)
-        self._counts["parts"] += 1
-        self._metrics.job_finished(
-            job.message.options.model,
-            "part",
-            audio_s=timings.marks["audio_s"],
-            transcribe_s=timings.marks.get("transcribe_s"),
+        # One delivery, one outcome: the part that completed the set is a part too
+        # (merged=True); its recording's success is the event it published.
+        fields: dict[str, Any] = {
+            "part": part.index,
+            "of": part.count,
+            "merged": outcome.merged is not None,
+            **timings.marks,
+        }
+        self._outcomes.record(
+            "part", job.message.options.model, "part.done", timings=timings, **fields
         )
-        merged = outcome.merged is not None
-        log.info("part.done", part=part.index, of=part.count, merged=merged, **timings.marks)
 
     async def settle(self, job: InboundJob) -> None:
         """After a part's final event (failed, cancelled): its recording's other parts skip."""

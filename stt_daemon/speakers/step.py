@@ -4,7 +4,7 @@ A whole recording is transcribed with word times (forced on: speakers are given
 word by word), then its voice prints are taken and labelled in one go. A split
 recording's parts each add their voice prints to their part result; the part
 that completes the set labels the merged transcript from every part's prints
-(fanout.py keeps them with the part results), so one voice keeps one label from
+(fanbook.py keeps them with the part results), so one voice keeps one label from
 the first part to the last.
 
 The speaker model is checked at start, beside the Whisper models, and loaded by
