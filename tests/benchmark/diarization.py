@@ -43,8 +43,8 @@ from stt_daemon.common.protocol import Diarize, JobOptions, Segment, SpeakerTurn
 
 if TYPE_CHECKING:
     from common import Context, Row
-    from speakerscore import Reference
 
+    from speakerscore import Reference
     from stt_daemon.speakers.diarizer import Diarizer, VoicePrints
 
 SECTION = "diarization"
@@ -72,7 +72,6 @@ class Recording:
 def recordings() -> list[Recording]:
     """The benchmark's recordings (the speaker audio is fetched once, see speakeraudio)."""
     from speakeraudio import JFK, ROOT, pyannote_sample, three_voices
-
     from stt_daemon.audio import decode
 
     def of(path: Path) -> np.ndarray:
@@ -166,8 +165,8 @@ def _speakers(labelled: list[Segment]) -> list[str | None]:
 def measure(repeat: int) -> dict[str, Any]:
     """Every recording transcribed and diarized; times, scores, memory. Runs in its own process."""
     from faster_whisper import WhisperModel
-    from speakerscore import transcribe
 
+    from speakerscore import transcribe
     from stt_daemon.heap import tune_heap
     from stt_daemon.models import resolve
     from stt_daemon.speakers.diarizer import Diarizer, VoicePrints

@@ -21,12 +21,12 @@ from typing import Any
 
 import aio_pika
 import pytest
-from webhooks import forget_delay_queues as forget_delay_queues_of
 
 from gateway.callbacks import RetryPlan
 from stack import JFK, Gateway, Stack
 from stt_daemon.common.amqp import broker_user
 from stt_daemon.common.protocol import EventType, JobEvent, JobOptions
+from webhooks import forget_delay_queues as forget_delay_queues_of
 
 SECRET = "s3cret-for-tests"
 BASE_ENV = {"STT_CALLBACK_SECRET": SECRET, "STT_CALLBACK_BACKOFF": "0.2"}

@@ -14,10 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from webhooks import forget_delay_queues
 
 from gateway.callbacks import RetryPlan
 from stack import JFK, JFK_WORDS, Stack, normalise
+from webhooks import forget_delay_queues
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,8 @@ from typing import Any
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
-from speakeraudio import Recording, Turn, parse_rttm, pyannote_sample, three_voices
 
+from speakeraudio import Recording, Turn, parse_rttm, pyannote_sample, three_voices
 from stack import JFK, JFK_WORDS, Gateway, Proc, Stack, normalise
 from stt_daemon.audio import SAMPLE_RATE, ArraySamples
 from stt_daemon.common.protocol import decode_event

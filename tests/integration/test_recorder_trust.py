@@ -18,7 +18,6 @@ from typing import Any
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
-from webhooks import forget_delay_queues
 
 from gateway.callbacks import RetryPlan
 from stack import JFK, Stack
@@ -30,6 +29,7 @@ from stt_daemon.common.protocol import (
     JobOptions,
     TranscriptResult,
 )
+from webhooks import forget_delay_queues
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from fakegateway import client_for, form_fields, job_body
 
+from fakegateway import client_for, form_fields, job_body
 from gateway.client import Job, SttClient, SttConnectionError, SttError
 
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pydantic
 import pytest
+
 from speakeraudio import JFK, ROOT, pyannote_sample, three_voices
 from speakerscore import as_reference, diarization_error_rate, transcribe, word_accuracy
-
 from stt_daemon.audio import SAMPLE_RATE, ArraySamples, PcmFile, decode
 from stt_daemon.common.protocol import (
     Diarize,

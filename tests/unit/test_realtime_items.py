@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+
+from gateway.livesession import Hypothesis, SpeechStarted, SpeechStopped
 from realtimefakes import (
     URL,
     FakeLive,
@@ -22,8 +24,6 @@ from realtimefakes import (
     utterance,
     words,
 )
-
-from gateway.livesession import Hypothesis, SpeechStarted, SpeechStopped
 
 
 @pytest.fixture

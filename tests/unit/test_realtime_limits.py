@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from realtimefakes import URL, FakeLive, append, error_of, make_client, manual, receive_until
 from starlette.websockets import WebSocketDisconnect
+
+from realtimefakes import URL, FakeLive, append, error_of, make_client, manual, receive_until
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from speakeraudio import Recording, Turn, pyannote_sample, three_voices
 
+from speakeraudio import Recording, Turn, pyannote_sample, three_voices
 from stt_daemon.speakers.embedder import MIN_WINDOW, SpeakerEmbedder, plan_windows
 from stt_daemon.speakers.model import MANIFEST, SpeakerModelMissing, default_model_dir
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fakegateway import FakeGateway, job_body
 
+from fakegateway import FakeGateway, job_body
 from gateway.cli import Progress, main
 from gateway.client import Job
 
