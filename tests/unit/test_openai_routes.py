@@ -13,6 +13,7 @@ import pytest
 from fastapi import FastAPI
 from openai.types.audio import TranscriptionDiarized
 
+from gateway import openai_form
 from gateway.broker import BrokerUnavailable, QueueFull
 from gateway.config import GatewaySettings
 from gateway.fleet import Fleet
@@ -345,8 +346,8 @@ async def test_broker_refusals(gateway: Any, exc: Exception, status: int) -> Non
 
 def test_comma_separated_granularities() -> None:
     form = {"timestamp_granularities": "word, segment", "response_format": "verbose_json"}
-    asked = openai.parse_form(form, Task.TRANSCRIBE, "tiny.en")
-    assert asked.granularities == {openai.Granularity.WORD, openai.Granularity.SEGMENT}
+    asked = openai_form.parse_form(form, Task.TRANSCRIBE, "tiny.en")
+    assert asked.granularities == {openai_form.Granularity.WORD, openai_form.Granularity.SEGMENT}
     assert asked.fields["word_timestamps"] is True
 
 
@@ -391,14 +392,14 @@ async def test_known_speaker_names_are_refused_by_name(sdk: Any) -> None:
 
 @pytest.mark.parametrize("fmt", ["diarized_json", "rttm"])
 def test_speaker_formats_turn_diarization_on(fmt: str) -> None:
-    asked = openai.parse_form({"response_format": fmt}, Task.TRANSCRIBE, "tiny.en")
+    asked = openai_form.parse_form({"response_format": fmt}, Task.TRANSCRIBE, "tiny.en")
     assert asked.fields["diarize"] == "speakers"
     # Channels are speakers too: an explicit diarize=channels is kept.
     form = {"response_format": fmt, "diarize": "channels"}
-    assert openai.parse_form(form, Task.TRANSCRIBE, "tiny.en").fields["diarize"] == "channels"
+    assert openai_form.parse_form(form, Task.TRANSCRIBE, "tiny.en").fields["diarize"] == "channels"
     # The diarize model's name alone changes nothing: the format decides, as at OpenAI.
     plain = {"response_format": "text", "model": "gpt-4o-transcribe-diarize"}
-    assert "diarize" not in openai.parse_form(plain, Task.TRANSCRIBE, "tiny.en").fields
+    assert "diarize" not in openai_form.parse_form(plain, Task.TRANSCRIBE, "tiny.en").fields
 
 
 async def test_speakers_in_the_other_formats(gateway: Any) -> None:

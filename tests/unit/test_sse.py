@@ -17,8 +17,8 @@ from gateway import sse
 from gateway.config import GatewaySettings
 from gateway.fleet import Fleet
 from gateway.jobfeed import JobFeed
+from gateway.openai_stream import TranscriptSoFar
 from gateway.routes import jobs, openai
-from gateway.routes.openai import TranscriptSoFar
 from gateway.services import Services
 from gateway.store import JobRecord
 from gateway.store.base import advance
