@@ -16,9 +16,9 @@ from fastapi.responses import JSONResponse
 
 from gateway.auth import REQUIRE_KEY, OwnerDep
 from gateway.errors import BROKER_ERRORS, broker_refusal
-from gateway.services import IdempotencyKey, ServicesDep, get_services
+from gateway.services import IdempotencyKey, Services, ServicesDep, get_services
 from gateway.uploads import receive_upload
-from stt_daemon.common.blobs import BlobTooLarge
+from stt_daemon.common.blobs import BlobTooLarge, BlobWriter
 from stt_daemon.common.protocol import JobStatus
 
 # The websocket too: a refused key closes the handshake (HTTP 403) before accept().
@@ -88,47 +88,57 @@ async def ws_test(websocket: WebSocket, owner: OwnerDep) -> None:
     """Receive one binary message of audio; answer ``{"task_id": ...}`` and close."""
     services = get_services(websocket)
     await websocket.accept()
-    try:
-        # A socket that never sends must not be held open: the whole message (uvicorn
-        # delivers messages whole) has STT_WS_TIMEOUT seconds from the accept.
-        data = await asyncio.wait_for(websocket.receive_bytes(), services.settings.ws_timeout)
-    except TimeoutError:
-        timeout = services.settings.ws_timeout
-        refusal = {"detail": f"no audio message within {timeout:g} s", "status_code": 408}
-        with contextlib.suppress(Exception):
-            await websocket.send_json(refusal)
-            await websocket.close(code=1008)
+    data = await _receive_audio(websocket, services.settings.ws_timeout)
+    if data is None:
         return
-    except (WebSocketDisconnect, KeyError, RuntimeError):
-        # KeyError/RuntimeError: a text frame instead of bytes, or an early close.
-        # 415 as the HTTP routes answer a body that is not multipart: wrong kind of payload.
-        refusal = {"detail": "send the audio as one binary message", "status_code": 415}
-        with contextlib.suppress(Exception):
-            await websocket.send_json(refusal)
-            await websocket.close(code=1003)
-        return
-    reply: dict[str, object]
-    close_code = 1000
     if not data:
         await websocket.send_json({"detail": "the audio message is empty", "status_code": 422})
         await websocket.close(code=1003)
         return
+    blob = services.blobs.writer(services.settings.max_upload_bytes)
     try:
-        blob = services.blobs.writer(services.settings.max_upload_bytes)
         # Up to STT_WS_MAX_MB in one write: off the event loop, then let the bytes go.
         await asyncio.to_thread(blob.write, data)
         del data
+        reply, close_code = await _submit(services, blob, owner)
+    except BlobTooLarge:
+        reply, close_code = {"detail": "upload too large", "status_code": 413}, 1009
+    await websocket.send_json(reply)
+    await websocket.close(code=close_code)
+
+
+async def _receive_audio(websocket: WebSocket, limit: float) -> bytes | None:
+    """The one audio message, or None once the socket was refused (and closed)."""
+    try:
+        # A socket that never sends must not be held open: the whole message (uvicorn
+        # delivers messages whole) has STT_WS_TIMEOUT seconds from the accept.
+        return await asyncio.wait_for(websocket.receive_bytes(), limit)
+    except TimeoutError:
+        refusal = {"detail": f"no audio message within {limit:g} s", "status_code": 408}
+        code = 1008
+    except (WebSocketDisconnect, KeyError, RuntimeError):
+        # KeyError/RuntimeError: a text frame instead of bytes, or an early close.
+        # 415 as the HTTP routes answer a body that is not multipart: wrong kind of payload.
+        refusal = {"detail": "send the audio as one binary message", "status_code": 415}
+        code = 1003
+    with contextlib.suppress(Exception):
+        await websocket.send_json(refusal)
+        await websocket.close(code=code)
+    return None
+
+
+async def _submit(
+    services: Services, blob: BlobWriter, owner: str | None
+) -> tuple[dict[str, object], int]:
+    """The job of the stored audio: the reply and the close code (1000, or why not)."""
+    try:
         record = await services.submit(
             blob, services.job_options({}), filename=None, content_type=None, owner=owner
         )
-        reply = {"task_id": record.id}
-    except BlobTooLarge:
-        reply, close_code = {"detail": "upload too large", "status_code": 413}, 1009
+        return {"task_id": record.id}, 1000
     except BROKER_ERRORS as exc:
         answer = broker_refusal(exc)
         assert answer is not None
-        reply, close_code = {"detail": answer.of(exc), "status_code": answer.status}, 1013
+        return {"detail": answer.of(exc), "status_code": answer.status}, 1013
     except HTTPException as exc:  # STT_KEY_MAX_ACTIVE reached
-        reply, close_code = {"detail": exc.detail, "status_code": exc.status_code}, 1013
-    await websocket.send_json(reply)
-    await websocket.close(code=close_code)
+        return {"detail": exc.detail, "status_code": exc.status_code}, 1013

@@ -86,30 +86,13 @@ def decode_job(
     ctype = (content_type or "").split(";")[0].strip().lower()
     try:
         if ctype.startswith(("audio/", "video/")) or ctype == "application/octet-stream":
-            if not body:
-                raise DecodeError("empty audio body")
-            if not message_id:
-                # Without it every redelivery would report under a new id.
-                raise DecodeError("raw audio messages need a message_id: it is the job id")
-            options = _inline_options(headers)
-            if default_model and "model" not in options:
-                options["model"] = default_model
-            message = JobMessage(job_id=message_id, options=JobOptions.model_validate(options))
-            return InboundJob(message=message, inline_audio=body)
+            return _decode_raw_audio(body, message_id, headers, default_model)
         if ctype not in {"", JSON_CONTENT_TYPE}:
             raise DecodeError(
                 f"unsupported content_type {content_type!r}: send application/json "
                 "(claim check) or audio/* (raw audio body)"
             )
-        data = json.loads(body)
-        if not isinstance(data, dict):
-            raise DecodeError("job body must be a JSON object")
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise DecodeError(
-                f"unsupported schema_version {version!r}; this daemon speaks {SCHEMA_VERSION}"
-            )
-        message = JobMessage.model_validate(data)
+        message = _decode_claim_check(body)
     except (ValueError, UnicodeDecodeError) as exc:
         if isinstance(exc, ValidationError):
             raise DecodeError(f"invalid job message: {_summarise(exc)}") from None
@@ -117,6 +100,35 @@ def decode_job(
     if message.audio is None:
         raise DecodeError("job message has no audio reference")
     return InboundJob(message=message)
+
+
+def _decode_raw_audio(
+    body: bytes, message_id: str | None, headers: Mapping[str, Any], default_model: str | None
+) -> InboundJob:
+    """A raw ``audio/*`` body: the options come from its headers, the job id is its message_id."""
+    if not body:
+        raise DecodeError("empty audio body")
+    if not message_id:
+        # Without it every redelivery would report under a new id.
+        raise DecodeError("raw audio messages need a message_id: it is the job id")
+    options = _inline_options(headers)
+    if default_model and "model" not in options:
+        options["model"] = default_model
+    message = JobMessage(job_id=message_id, options=JobOptions.model_validate(options))
+    return InboundJob(message=message, inline_audio=body)
+
+
+def _decode_claim_check(body: bytes) -> JobMessage:
+    """A JSON claim check of this schema version (ValueError when it is not one)."""
+    data = json.loads(body)
+    if not isinstance(data, dict):
+        raise DecodeError("job body must be a JSON object")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise DecodeError(
+            f"unsupported schema_version {version!r}; this daemon speaks {SCHEMA_VERSION}"
+        )
+    return JobMessage.model_validate(data)
 
 
 #: Signs a claim check: the headers for its body and ``reply_to`` (``ClaimSigner.sign``).
