@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from gateway.store import JobRecord, StatusStore, open_store
+from storejobs import backing_of
 from stt_daemon.common.protocol import (
     EventType,
     JobEvent,
@@ -51,22 +52,8 @@ class Backing:
 @pytest.fixture(params=["sqlite", "redis"])
 async def backing(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backing]:
     """Each test once per backend; Redis keys under a namespace of the test's own."""
-    namespace = f"t{uuid.uuid4().hex[:10]}"
-    url = (
-        f"sqlite:///{tmp_path}/status.db"
-        if request.param == "sqlite"
-        else request.getfixturevalue("redis_url")
-    )
-    b = Backing(url, namespace)
-    try:
+    async with backing_of(Backing, request, tmp_path) as b:
         yield b
-    finally:
-        await b.store.close()
-        if not url.startswith("sqlite"):
-            client = aioredis.Redis.from_url(url)
-            async for key in client.scan_iter(f"{namespace}:*"):
-                await client.delete(key)
-            await client.aclose()
 
 
 async def _finished(store: StatusStore, job_id: str = "j1") -> None:
